@@ -23,7 +23,7 @@ import dataclasses
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -66,7 +66,7 @@ def _complete(name: str, n: np.ndarray, d: np.ndarray | None, s: np.ndarray | No
     return d, s
 
 
-@dataclass
+@dataclass(eq=False)
 class ConeBeamGeometry:
     """A circular CT scan in TIGRE's vocabulary (snake_case).
 
@@ -114,7 +114,6 @@ class ConeBeamGeometry:
     cor: float = 0.0
     mode: str = "cone"
     accuracy: float = 0.5
-    _frozen: bool = field(default=False, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -158,6 +157,11 @@ class ConeBeamGeometry:
             raise ValueError(f"dsd: must exceed dso ({self.dso}), got {self.dsd}")
         if self.accuracy <= 0:
             raise ValueError(f"accuracy: expected a positive number, got {self.accuracy}")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ConeBeamGeometry):
+            return NotImplemented
+        return self.to_dict() == other.to_dict()
 
     # ------------------------------------------------------------------ sizes
     @property
