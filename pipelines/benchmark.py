@@ -1,0 +1,89 @@
+"""Run benchmarks and record them in docs/BENCHMARKS.md.
+
+    python -m pipelines.benchmark TOPIC [TOPIC ...] [--quick]
+
+Each topic is a module ``pipelines/benchmarks/<topic>.py`` with ``TITLE`` and
+``run(quick: bool) -> str`` returning a Markdown section body. The section of
+docs/BENCHMARKS.md for that topic is replaced with the new body, headed by
+the exact command, the date and the machine it ran on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib
+import os
+import pkgutil
+import platform
+import re
+import sys
+from pathlib import Path
+
+import torch
+
+import pipelines.benchmarks as topics_package
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "BENCHMARKS.md"
+HEADER = (
+    "# Benchmarks\n\nWritten by `python -m pipelines.benchmark TOPIC`; every section names the "
+    "command, the date and the machine that produced it. Re-run a topic to refresh its section.\n"
+)
+
+
+def available_topics() -> list[str]:
+    return sorted(m.name for m in pkgutil.iter_modules(topics_package.__path__))
+
+
+def machine_description() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (
+        f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), Python {platform.python_version()}"
+    )
+
+
+def write_section(topic: str, title: str, command: str, body: str, doc: Path = DOC) -> None:
+    """Replace (or append) the section of `topic` in `doc`, atomically."""
+    text = doc.read_text(encoding="utf-8") if doc.exists() else HEADER
+    start, end = f"<!-- {topic}:start -->", f"<!-- {topic}:end -->"
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    section = (
+        f"{start}\n## {title}\n\nCommand: `{command}`  \nRun: {stamp} on {machine_description()}\n\n"
+        f"{body.strip()}\n{end}"
+    )
+    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
+    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section + "\n"
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    tmp = doc.with_suffix(".md.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(doc)
+
+
+def main(argv: list[str] | None = None) -> None:
+    names = available_topics()
+    parser = argparse.ArgumentParser(prog="python -m pipelines.benchmark", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("topics", nargs="+", choices=names, metavar="TOPIC",
+                        help=f"one or more of: {', '.join(names)}")
+    parser.add_argument("--quick", action="store_true", help="smaller sizes (smoke run)")
+    parser.add_argument("--no-write", action="store_true", help="print only; leave docs untouched")
+    args = parser.parse_args(argv)
+    for topic in args.topics:
+        module = importlib.import_module(f"pipelines.benchmarks.{topic}")
+        body = module.run(quick=args.quick)
+        print(f"## {module.TITLE}\n\n{body}\n")
+        if not args.no_write:
+            command = "python -m pipelines.benchmark " + topic + (" --quick" if args.quick else "")
+            write_section(topic, module.TITLE, command, body)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
