@@ -155,12 +155,14 @@ def test_integer_arrays_are_converted_explicitly_to_float32(tmp_path):
     assert volume.data.dtype == np.float32
 
 
-def test_truncated_npy_names_the_file(tmp_path):
+@pytest.mark.parametrize("name", ["v.npy", "v.npz"])
+def test_truncated_numpy_file_names_the_file(tmp_path, name):
     np.save(tmp_path / "v.npy", _data())
-    raw = (tmp_path / "v.npy").read_bytes()
-    (tmp_path / "v.npy").write_bytes(raw[: len(raw) // 2])
-    with pytest.raises(FormatError, match="v.npy"):
-        read_volume(tmp_path / "v.npy")
+    np.savez(tmp_path / "v.npz", volume=_data())
+    raw = (tmp_path / name).read_bytes()
+    (tmp_path / name).write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(FormatError, match=name):
+        read_volume(tmp_path / name)
 
 
 @pytest.mark.parametrize(

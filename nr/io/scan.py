@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import zipfile
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -161,39 +162,31 @@ def read_scan(path: str | os.PathLike) -> Scan:
     """Read a scan written by `write_scan` (folder or .npz)."""
     path = as_path(path)
     if path.is_dir():
-        documents = {}
-        for name in _DOCUMENTS:
-            file = path / f"{name}.json"
-            if file.exists():
-                documents[name] = (file.read_text(), str(file))
+        documents = {
+            name: ((path / f"{name}.json").read_text(), str(path / f"{name}.json"))
+            for name in _DOCUMENTS
+            if (path / f"{name}.json").is_file()
+        }
+        geo, test_geo, metadata = _parse_documents(documents, path)
         arrays = {
-            name: (
-                load_npy(path / f"{name}.npy", name.replace("_", " ")),
-                str(path / f"{name}.npy"),
-            )
+            name: (load_npy(path / f"{name}.npy", _label(name)), str(path / f"{name}.npy"))
             for name in _ARRAYS
             if (path / f"{name}.npy").exists() or name == "projections"
         }
     elif path.is_file():
         documents, arrays = _read_npz(path)
+        geo, test_geo, metadata = _parse_documents(documents, path)
     else:
         raise FileNotFoundError(f"{path}: no such file or folder")
-    if "geometry" not in documents:
-        raise FormatError(f"{path}: geometry.json is missing")
-    if ("test_geometry" in documents) != ("test_projections" in arrays):
+    if (test_geo is None) != ("test_projections" not in arrays):
         raise FormatError(f"{path}: test_geometry and test_projections must come together")
-    geo = _geometry(*documents["geometry"])
-    test_geo = _geometry(*documents["test_geometry"]) if "test_geometry" in documents else None
-    metadata = _json(*documents["metadata"]) if "metadata" in documents else {}
-    if not isinstance(metadata, dict):
-        raise FormatError(f"{path}: metadata must be a JSON object")
     shapes = {
         "projections": geo.projection_shape,
         "volume_gt": geo.volume_shape,
         "test_projections": None if test_geo is None else test_geo.projection_shape,
     }
     tensors = {
-        name: torch.from_numpy(check_array(array, shapes[name], where, name.replace("_", " ")))
+        name: torch.from_numpy(check_array(array, shapes[name], where, _label(name)))
         for name, (array, where) in arrays.items()
     }
     return Scan(geo=geo, test_geo=test_geo, metadata=metadata, **tensors)
@@ -207,7 +200,7 @@ def is_scan_path(path: Path) -> bool:
         try:
             with np.load(path, allow_pickle=False) as archive:
                 return "geometry" in archive.files and "projections" in archive.files
-        except (ValueError, OSError, EOFError):
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile):
             return False
     return False
 
@@ -243,6 +236,22 @@ def _documents(scan: Scan) -> dict[str, str]:
     return documents
 
 
+def _label(name: str) -> str:
+    return name.replace("_", " ")
+
+
+def _parse_documents(documents: dict, path: Path) -> tuple:
+    """(geo, test_geo, metadata) from {name: (text, where)}."""
+    if "geometry" not in documents:
+        raise FormatError(f"{path}: geometry.json is missing")
+    geo = _geometry(*documents["geometry"])
+    test_geo = _geometry(*documents["test_geometry"]) if "test_geometry" in documents else None
+    metadata = _json(*documents["metadata"]) if "metadata" in documents else {}
+    if not isinstance(metadata, dict):
+        raise FormatError(f"{path}: metadata must be a JSON object")
+    return geo, test_geo, metadata
+
+
 def _read_npz(path: Path) -> tuple[dict, dict]:
     try:
         with np.load(path, allow_pickle=False) as archive:
@@ -251,7 +260,7 @@ def _read_npz(path: Path) -> tuple[dict, dict]:
                 n: (str(archive[n].item()), f"{path}:{n}") for n in _DOCUMENTS if n in names
             }
             arrays = {n: (archive[n], f"{path}:{n}") for n in _ARRAYS if n in names}
-    except (ValueError, OSError, EOFError, zlib.error) as error:
+    except (ValueError, OSError, EOFError, zlib.error, zipfile.BadZipFile) as error:
         raise FormatError(f"{path}: cannot read the scan archive ({error})") from error
     if "projections" not in arrays:
         raise FormatError(f"{path}: the archive has no 'projections' array")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import os
+import zipfile
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -215,7 +216,7 @@ def read_numpy(
     path = as_path(path)
     try:
         loaded = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as error:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
         raise FormatError(f"{path}: cannot read as numpy ({error})") from error
     if isinstance(loaded, np.lib.npyio.NpzFile):
         with loaded:
@@ -226,7 +227,7 @@ def read_numpy(
                 raise FormatError(f"{path}: no array {key!r} in the archive (has {keys}); pass key")
             try:
                 array = loaded[key]
-            except (ValueError, OSError, EOFError, zlib.error) as error:
+            except (ValueError, OSError, EOFError, zlib.error, zipfile.BadZipFile) as error:
                 raise FormatError(f"{path}: cannot read array {key!r} ({error})") from error
     elif key is not None:
         raise ValueError(f"key: only .npz archives have keys, {path} is a .npy file")
