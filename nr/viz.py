@@ -25,11 +25,13 @@ def _numpy(volume) -> np.ndarray:
 
 
 def central_slices(volume) -> list[np.ndarray]:
-    """The central axial, coronal and sagittal slices of a (Z, Y, X) volume, in array order
-    (row 0 at the top: z = 0 is the top row of the coronal and sagittal views)."""
+    """The central axial, coronal and sagittal slices of a (Z, Y, X) volume.
+
+    World +z (TIGRE's rotation axis; superior for patient volumes read by `nr.io`) points up
+    in the coronal and sagittal views."""
     v = _numpy(volume)
     z, y, x = (n // 2 for n in v.shape)
-    return [v[z], v[:, y, :], v[:, :, x]]
+    return [v[z], v[::-1, y, :], v[::-1, :, x]]
 
 
 def save_montage(
