@@ -346,23 +346,44 @@ class ConeBeamGeometry:
         mode: str = "cone",
         total_angle: float = 2 * math.pi,
     ) -> ConeBeamGeometry:
-        """A small scan shaped like R2-Gaussian's synthetic cases, scaled to mm.
+        """The default scan: a 256 mm cube of `n_voxel`^3 voxels (see `for_volume`)."""
+        return cls.for_volume(
+            (n_voxel,) * 3, (256.0 / n_voxel,) * 3, n_views, n_detector, mode, total_angle
+        )
 
-        DSO 1000 mm, DSD 1400 mm (R2-Gaussian's 5:7), a 256 mm cube of
-        `n_voxel`^3 voxels, a 512 mm square detector of `n_detector`^2 pixels
-        (default `n_voxel`), `n_views` angles ``linspace(0, total, n+1)[:-1]``.
+    @classmethod
+    def for_volume(
+        cls,
+        n_voxel: Sequence[int],
+        d_voxel: Sequence[float],
+        n_views: int,
+        n_detector: int | None = None,
+        mode: str = "cone",
+        total_angle: float = 2 * math.pi,
+    ) -> ConeBeamGeometry:
+        """A circular scan of a volume, shaped like R2-Gaussian's synthetic cases.
+
+        With L the longest side of the volume box: DSO = 1000/256 L and
+        DSD = 1400/256 L (R2-Gaussian's DSO:DSD of 5:7; 1000 / 1400 mm for a
+        256 mm box), a square detector of side 2 L (it covers the inscribed
+        cylinder's magnified shadow) with `n_detector`^2 pixels (default: the
+        largest voxel count), `n_views` angles ``linspace(0, total, n+1)[:-1]``.
         """
-        n_det = n_voxel if n_detector is None else n_detector
-        angles = np.linspace(0.0, total_angle, n_views + 1)[:-1]
+        n = _vector("n_voxel", n_voxel, 3, int)
+        d = _vector("d_voxel", d_voxel, 3)
+        if not isinstance(n_views, (int, np.integer)) or n_views < 1:
+            raise ValueError(f"n_views: expected a positive int, got {n_views!r}")
+        side = float(np.max(n * d))
+        n_det = int(n.max()) if n_detector is None else int(n_detector)
         return cls(
             mode=mode,
-            dso=1000.0,
-            dsd=1400.0,
-            n_voxel=(n_voxel,) * 3,
-            s_voxel=(256.0,) * 3,
+            dso=side * 1000.0 / 256.0,
+            dsd=side * 1400.0 / 256.0,
+            n_voxel=n,
+            d_voxel=d,
             n_detector=(n_det, n_det),
-            s_detector=(512.0, 512.0),
-            angles=angles,
+            s_detector=(2 * side, 2 * side),
+            angles=np.linspace(0.0, total_angle, int(n_views) + 1)[:-1],
         )
 
 

@@ -95,3 +95,14 @@ def test_voxel_centres_include_offsets():
     assert geo.subset([1]).angles.tolist() == [math.pi / 2]
     with pytest.raises(ValueError, match="view_ids"):
         geo.subset([2])
+
+
+def test_for_volume_scales_with_the_box_and_covers_it():
+    geo = ConeBeamGeometry.for_volume((93, 64, 64), (1.5, 3.2, 3.2), n_views=25)
+    assert geo.dsd / geo.dso == pytest.approx(1.4)
+    assert geo.n_views == 25 and geo.projection_shape[1:] == (93, 93)
+    # The inscribed cylinder's shadow (magnified at its nearest point) fits on the detector.
+    radius = 64 * 3.2 / 2
+    shadow = radius * geo.dsd / (geo.dso - radius)
+    assert 2 * shadow <= geo.s_detector[1]
+    assert ConeBeamGeometry.default(64, 10) == ConeBeamGeometry.for_volume((64,) * 3, (4.0,) * 3, 10)
