@@ -1,0 +1,220 @@
+// Voxelization of 3D Gaussians (density sums on a regular box of voxels), forward and backward.
+//
+// Voxel value = sum over Gaussians of rho * exp(-power / 2), power = d^T P d, d = centre - mean,
+// P the precision (inverse covariance), taken only where power <= cutoff^2.
+// Forward: Gaussians are binned into 8^3 voxel blocks; each thread owns whole blocks.
+// Backward: each thread owns whole Gaussians and gathers over their footprint.
+#include "kernels.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <vector>
+
+namespace nr_gaussians {
+namespace {
+
+constexpr int64_t kBlock = 8;
+constexpr int64_t kPairBudget = int64_t(1) << 24;
+
+struct Box {
+  std::array<int64_t, 3> lo, hi;  // inclusive voxel ranges along (x, y, z); lo > hi means empty
+  bool empty() const { return lo[0] > hi[0] || lo[1] > hi[1] || lo[2] > hi[2]; }
+};
+
+struct Grid {
+  std::array<double, 3> origin, spacing;  // (x, y, z) centre of voxel (0, 0, 0) and voxel size
+  std::array<int64_t, 3> size;            // voxels along (x, y, z)
+};
+
+// Precision entries are stored as [xx, xy, xz, yy, yz, zz].
+template <typename scalar_t>
+Box footprint(const scalar_t* mean, const scalar_t* p, scalar_t rho, double cutoff, const Grid& grid) {
+  Box box{{1, 1, 1}, {0, 0, 0}};
+  if (rho == scalar_t(0)) return box;
+  const double xx = p[0], xy = p[1], xz = p[2], yy = p[3], yz = p[4], zz = p[5];
+  const double cof_x = yy * zz - yz * yz, cof_y = xx * zz - xz * xz, cof_z = xx * yy - xy * xy;
+  const double det = xx * cof_x - xy * (xy * zz - yz * xz) + xz * (xy * yz - yy * xz);
+  if (!(det > 0.0)) return box;
+  // Half extent of the ellipsoid d^T P d <= cutoff^2 along axis i: cutoff * sqrt(Sigma_ii).
+  const std::array<double, 3> extent{cutoff * std::sqrt(cof_x / det), cutoff * std::sqrt(cof_y / det),
+                                     cutoff * std::sqrt(cof_z / det)};
+  for (int i = 0; i < 3; ++i) {
+    const double centre = (double(mean[i]) - grid.origin[i]) / grid.spacing[i];
+    const double radius = extent[i] / grid.spacing[i];
+    if (!std::isfinite(centre) || !std::isfinite(radius)) return Box{{1, 1, 1}, {0, 0, 0}};
+    const double lo = std::max(std::floor(centre - radius), 0.0);
+    const double hi = std::min(std::ceil(centre + radius), double(grid.size[i] - 1));
+    if (lo > hi) return Box{{1, 1, 1}, {0, 0, 0}};
+    box.lo[i] = int64_t(lo);
+    box.hi[i] = int64_t(hi);
+  }
+  return box;
+}
+
+template <typename scalar_t>
+inline scalar_t power_at(const scalar_t* p, scalar_t dx, scalar_t dy, scalar_t dz) {
+  return p[0] * dx * dx + p[3] * dy * dy + p[5] * dz * dz +
+         scalar_t(2) * (p[1] * dx * dy + p[2] * dx * dz + p[4] * dy * dz);
+}
+
+template <typename scalar_t>
+void forward(const scalar_t* means, const scalar_t* precisions, const scalar_t* rhos, int64_t n,
+             const Grid& grid, double cutoff, scalar_t* volume) {
+  const scalar_t limit = scalar_t(cutoff * cutoff);
+  std::array<int64_t, 3> blocks;
+  for (int i = 0; i < 3; ++i) blocks[i] = (grid.size[i] + kBlock - 1) / kBlock;
+  const int64_t n_blocks = blocks[0] * blocks[1] * blocks[2];
+  std::vector<Box> boxes(n);
+  std::vector<int64_t> pairs(n);
+  for (int64_t g = 0; g < n; ++g) {
+    boxes[g] = footprint(means + 3 * g, precisions + 6 * g, rhos[g], cutoff, grid);
+    const Box& b = boxes[g];
+    pairs[g] = 1;
+    for (int i = 0; i < 3; ++i) pairs[g] *= b.empty() ? 0 : b.hi[i] / kBlock - b.lo[i] / kBlock + 1;
+  }
+  auto for_each_block = [&](const Box& b, auto&& visit) {
+    for (int64_t bz = b.lo[2] / kBlock; bz <= b.hi[2] / kBlock; ++bz)
+      for (int64_t by = b.lo[1] / kBlock; by <= b.hi[1] / kBlock; ++by)
+        for (int64_t bx = b.lo[0] / kBlock; bx <= b.hi[0] / kBlock; ++bx)
+          visit((bz * blocks[1] + by) * blocks[0] + bx);
+  };
+  std::vector<int64_t> offsets(n_blocks + 1), cursor(n_blocks), list;
+  for (int64_t first = 0; first < n;) {
+    int64_t last = first, total = 0;
+    while (last < n && (last == first || total + pairs[last] <= kPairBudget)) total += pairs[last++];
+    std::fill(offsets.begin(), offsets.end(), 0);
+    for (int64_t g = first; g < last; ++g)
+      if (pairs[g] > 0) for_each_block(boxes[g], [&](int64_t k) { ++offsets[k + 1]; });
+    for (int64_t k = 0; k < n_blocks; ++k) offsets[k + 1] += offsets[k];
+    std::copy(offsets.begin(), offsets.end() - 1, cursor.begin());
+    list.resize(total);
+    for (int64_t g = first; g < last; ++g)
+      if (pairs[g] > 0) for_each_block(boxes[g], [&](int64_t k) { list[cursor[k]++] = g; });
+#pragma omp parallel for schedule(dynamic, 1) num_threads(at::get_num_threads())
+    for (int64_t k = 0; k < n_blocks; ++k) {
+      const std::array<int64_t, 3> start{(k % blocks[0]) * kBlock, ((k / blocks[0]) % blocks[1]) * kBlock,
+                                         (k / (blocks[0] * blocks[1])) * kBlock};
+      for (int64_t j = offsets[k]; j < offsets[k + 1]; ++j) {
+        const int64_t g = list[j];
+        const Box& b = boxes[g];
+        const scalar_t* m = means + 3 * g;
+        const scalar_t* p = precisions + 6 * g;
+        const scalar_t rho = rhos[g];
+        std::array<int64_t, 3> lo, hi;
+        for (int i = 0; i < 3; ++i) {
+          lo[i] = std::max(b.lo[i], start[i]);
+          hi[i] = std::min(b.hi[i], start[i] + kBlock - 1);
+        }
+        for (int64_t z = lo[2]; z <= hi[2]; ++z) {
+          const scalar_t dz = scalar_t(grid.origin[2]) + scalar_t(z) * scalar_t(grid.spacing[2]) - m[2];
+          for (int64_t y = lo[1]; y <= hi[1]; ++y) {
+            const scalar_t dy = scalar_t(grid.origin[1]) + scalar_t(y) * scalar_t(grid.spacing[1]) - m[1];
+            scalar_t* row = volume + (z * grid.size[1] + y) * grid.size[0];
+            for (int64_t x = lo[0]; x <= hi[0]; ++x) {
+              const scalar_t dx = scalar_t(grid.origin[0]) + scalar_t(x) * scalar_t(grid.spacing[0]) - m[0];
+              const scalar_t power = power_at(p, dx, dy, dz);
+              if (power <= limit) row[x] += rho * std::exp(scalar_t(-0.5) * power);
+            }
+          }
+        }
+      }
+    }
+    first = last;
+  }
+}
+
+template <typename scalar_t>
+void backward_gaussian(const scalar_t* m, const scalar_t* p, scalar_t rho, const scalar_t* grad_volume,
+                       const Grid& grid, double cutoff, scalar_t* grad_mean, scalar_t* grad_p,
+                       scalar_t* grad_rho) {
+  const Box b = footprint(m, p, rho, cutoff, grid);
+  if (b.empty()) return;
+  const scalar_t limit = scalar_t(cutoff * cutoff);
+  std::array<double, 3> g_mean{0, 0, 0};
+  std::array<double, 6> g_p{0, 0, 0, 0, 0, 0};
+  double g_rho = 0;
+  for (int64_t z = b.lo[2]; z <= b.hi[2]; ++z) {
+    const scalar_t dz = scalar_t(grid.origin[2]) + scalar_t(z) * scalar_t(grid.spacing[2]) - m[2];
+    for (int64_t y = b.lo[1]; y <= b.hi[1]; ++y) {
+      const scalar_t dy = scalar_t(grid.origin[1]) + scalar_t(y) * scalar_t(grid.spacing[1]) - m[1];
+      const scalar_t* row = grad_volume + (z * grid.size[1] + y) * grid.size[0];
+      for (int64_t x = b.lo[0]; x <= b.hi[0]; ++x) {
+        const scalar_t dx = scalar_t(grid.origin[0]) + scalar_t(x) * scalar_t(grid.spacing[0]) - m[0];
+        const scalar_t power = power_at(p, dx, dy, dz);
+        if (!(power <= limit)) continue;
+        const double gw = double(row[x]) * double(std::exp(scalar_t(-0.5) * power));
+        g_rho += gw;
+        const double g_power = -0.5 * gw * double(rho);
+        // d power / d mean = -2 P d.
+        g_mean[0] -= g_power * 2.0 * (double(p[0]) * dx + double(p[1]) * dy + double(p[2]) * dz);
+        g_mean[1] -= g_power * 2.0 * (double(p[1]) * dx + double(p[3]) * dy + double(p[4]) * dz);
+        g_mean[2] -= g_power * 2.0 * (double(p[2]) * dx + double(p[4]) * dy + double(p[5]) * dz);
+        g_p[0] += g_power * dx * dx;
+        g_p[1] += g_power * 2.0 * dx * dy;
+        g_p[2] += g_power * 2.0 * dx * dz;
+        g_p[3] += g_power * dy * dy;
+        g_p[4] += g_power * 2.0 * dy * dz;
+        g_p[5] += g_power * dz * dz;
+      }
+    }
+  }
+  for (int i = 0; i < 3; ++i) grad_mean[i] = scalar_t(g_mean[i]);
+  for (int i = 0; i < 6; ++i) grad_p[i] = scalar_t(g_p[i]);
+  *grad_rho = scalar_t(g_rho);
+}
+
+template <typename scalar_t>
+void backward_all(const scalar_t* m, const scalar_t* p, const scalar_t* r, const scalar_t* gv, int64_t n,
+                  const Grid& grid, double cutoff, scalar_t* gm, scalar_t* gp, scalar_t* gr) {
+#pragma omp parallel for schedule(dynamic, 64) num_threads(at::get_num_threads())
+  for (int64_t g = 0; g < n; ++g) {
+    backward_gaussian(m + 3 * g, p + 6 * g, r[g], gv, grid, cutoff, gm + 3 * g, gp + 6 * g, gr + g);
+  }
+}
+
+Grid make_grid(const std::vector<double>& origin, const std::vector<double>& spacing,
+               const std::vector<int64_t>& shape_zyx) {
+  TORCH_CHECK(origin.size() == 3 && spacing.size() == 3 && shape_zyx.size() == 3,
+              "voxelize: origin, spacing and shape need 3 values each");
+  return Grid{{origin[0], origin[1], origin[2]},
+              {spacing[0], spacing[1], spacing[2]},
+              {shape_zyx[2], shape_zyx[1], shape_zyx[0]}};
+}
+
+}  // namespace
+
+torch::Tensor voxelize_forward(const torch::Tensor& means, const torch::Tensor& precisions,
+                               const torch::Tensor& densities, const std::vector<double>& origin,
+                               const std::vector<double>& spacing, const std::vector<int64_t>& shape,
+                               double cutoff) {
+  const Grid grid = make_grid(origin, spacing, shape);
+  const auto m = means.contiguous(), p = precisions.contiguous(), r = densities.contiguous();
+  auto volume = torch::zeros({shape[0], shape[1], shape[2]}, m.options());
+  AT_DISPATCH_FLOATING_TYPES(m.scalar_type(), "voxelize_forward", [&] {
+    forward(m.data_ptr<scalar_t>(), p.data_ptr<scalar_t>(), r.data_ptr<scalar_t>(), m.size(0), grid, cutoff,
+            volume.data_ptr<scalar_t>());
+  });
+  return volume;
+}
+
+std::vector<torch::Tensor> voxelize_backward(const torch::Tensor& means, const torch::Tensor& precisions,
+                                             const torch::Tensor& densities, const torch::Tensor& grad_volume,
+                                             const std::vector<double>& origin,
+                                             const std::vector<double>& spacing, double cutoff) {
+  const auto gv = grad_volume.contiguous();
+  const Grid grid = make_grid(origin, spacing, {gv.size(0), gv.size(1), gv.size(2)});
+  const auto m = means.contiguous(), p = precisions.contiguous(), r = densities.contiguous();
+  auto grad_means = torch::zeros_like(m), grad_precisions = torch::zeros_like(p);
+  auto grad_densities = torch::zeros_like(r);
+  AT_DISPATCH_FLOATING_TYPES(m.scalar_type(), "voxelize_backward", [&] {
+    backward_all(m.data_ptr<scalar_t>(), p.data_ptr<scalar_t>(), r.data_ptr<scalar_t>(), gv.data_ptr<scalar_t>(),
+                 m.size(0), grid, cutoff, grad_means.data_ptr<scalar_t>(),
+                 grad_precisions.data_ptr<scalar_t>(), grad_densities.data_ptr<scalar_t>());
+  });
+  return {grad_means, grad_precisions, grad_densities};
+}
+
+}  // namespace nr_gaussians
