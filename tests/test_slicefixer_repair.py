@@ -1,0 +1,93 @@
+"""repair_volume: shapes, dtype, device, absolute intensity scale, view choice, bad input."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from nr.geometry import ConeBeamGeometry
+from slicefixer.model import SliceFixer
+from slicefixer.presets import tiny_config
+from slicefixer.repair import repair_volume
+
+
+class IdentityFixer(SliceFixer):
+    """A SliceFixer that maps every slice to itself and records its conditioning views."""
+
+    def condition(self, xrays, prompts):
+        self.seen_views = xrays.clone()
+        return super().condition(xrays, prompts)
+
+    def denoise(self, images, condition):
+        assert images.shape[-2:] == (self.config.resolution,) * 2
+        return images
+
+
+def _identity(resolution):
+    torch.manual_seed(0)
+    return IdentityFixer.from_config(dataclasses.replace(tiny_config(), resolution=resolution))
+
+
+@pytest.fixture(scope="module")
+def scan():
+    geo = ConeBeamGeometry.default(n_voxel=64, n_views=12, n_detector=16)
+    z, y, x = torch.meshgrid(*(torch.linspace(-1, 1, 64),) * 3, indexing="ij")
+    volume = 0.1 + 0.7 * torch.exp(-((x - 0.2) ** 2 + y**2 + (z + 0.1) ** 2) / 0.3)
+    projections = torch.rand(12, 16, 16, generator=torch.Generator().manual_seed(3))
+    return volume, projections, geo
+
+
+def test_identity_model_returns_the_volume_unchanged(scan):
+    volume, projections, geo = scan
+    model = _identity(64)
+    out = repair_volume(model, volume, projections, geo, axes=("z", "y", "x"))
+    assert out.shape == volume.shape and out.dtype == volume.dtype and out.device == volume.device
+    torch.testing.assert_close(out, volume, atol=1e-6, rtol=0)
+    torch.testing.assert_close(model.seen_views[0], projections[[0, 3]])
+
+
+def test_absolute_scale_is_kept_outside_unit_range(scan):
+    volume, projections, geo = scan
+    hounsfield = (volume * 2000 - 1000).double()
+    out = repair_volume(_identity(64), hounsfield, projections, geo, window="volume")
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, hounsfield, atol=1e-3, rtol=0)
+    out = repair_volume(_identity(64), hounsfield, projections, geo, window=(-1000.0, 1000.0))
+    torch.testing.assert_close(out, hounsfield, atol=1e-3, rtol=0)
+
+
+def test_resizing_to_the_model_resolution_and_back(scan):
+    volume, projections, geo = scan
+    for resolution in (32, 128):
+        out = repair_volume(_identity(resolution), volume, projections, geo, axes=("x",),
+                            batch_size=5)
+        assert out.shape == volume.shape
+        assert (out - volume).abs().max() < 0.02 * (volume.max() - volume.min())
+
+
+def test_real_tiny_model_repairs_a_64_cube(scan):
+    volume, projections, geo = scan
+    torch.manual_seed(0)
+    model = SliceFixer.from_config(tiny_config())
+    out = repair_volume(model, volume, projections, geo, axes=("z", "x"), batch_size=16)
+    assert out.shape == volume.shape and out.dtype == volume.dtype
+    low, high = model.config.intensity_window
+    assert torch.isfinite(out).all() and out.min() >= low and out.max() <= high
+    assert not torch.allclose(out, volume, atol=1e-3)
+
+
+def test_bad_inputs(scan):
+    volume, projections, geo = scan
+    model = _identity(64)
+    with pytest.raises(ValueError, match="projections: expected 12 views"):
+        repair_volume(model, volume, projections[:5], geo)
+    with pytest.raises(ValueError, match="axes"):
+        repair_volume(model, volume, projections, geo, axes="z")
+    with pytest.raises(ValueError, match="volume: values must be finite"):
+        repair_volume(model, volume * float("nan"), projections, geo)
+    with pytest.raises(ValueError, match="window"):
+        repair_volume(model, volume, projections, geo, window=(1.0, 0.0))
+    with pytest.raises(TypeError, match="geo"):
+        repair_volume(model, volume, projections, "geo")
+    with pytest.raises(ValueError, match="closed prompt set"):
+        repair_volume(model, volume, projections, geo, prompt="sharpen")
