@@ -148,13 +148,14 @@ class _CompiledHashEncode(torch.autograd.Function):
     def forward(ctx, points, table, offsets, resolutions):
         ctx.save_for_backward(points, offsets, resolutions)
         ctx.n_rows = table.shape[0]
-        return require_compiled("fields").hash_encode_forward(points, table, offsets, resolutions)
+        out = require_compiled("fields").hash_encode_forward(points, table, offsets, resolutions)
+        return out.permute(1, 0, 2)  # the kernel's level-major (L, N, F) as (N, L, F)
 
     @staticmethod
     def backward(ctx, grad_out):
         points, offsets, resolutions = ctx.saved_tensors
         grad_table = require_compiled("fields").hash_encode_backward(
-            grad_out.contiguous(), points, offsets, resolutions, ctx.n_rows
+            grad_out.permute(1, 0, 2).contiguous(), points, offsets, resolutions, ctx.n_rows
         )
         return None, grad_table, None, None
 

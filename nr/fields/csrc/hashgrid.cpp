@@ -2,7 +2,7 @@
 //
 // The readable reference is nr/fields/hashgrid.py::hash_encode_torch; both must agree.
 // Layout: points (N, 3) in the unit cube (clamped to [0, 1]), table (E, F) holding the
-// levels one after another (level l owns rows offsets[l] .. offsets[l+1]), output (N, L, F).
+// levels one after another (level l owns rows offsets[l] .. offsets[l+1]), output (L, N, F).
 // Level l has resolution R = resolutions[l] cells per axis and (R+1)^3 vertices; it is
 // indexed densely when they fit its rows, else by the spatial hash of instant-NGP.
 #include <torch/extension.h>
@@ -23,6 +23,7 @@ struct Level {
   int64_t size;
   int64_t resolution;
   bool dense;
+  uint64_t mask;  // size - 1 when size is a power of two (then h % size == h & mask), else 0
 };
 
 std::vector<Level> make_levels(const torch::Tensor& offsets, const torch::Tensor& resolutions) {
@@ -39,7 +40,9 @@ std::vector<Level> make_levels(const torch::Tensor& offsets, const torch::Tensor
     const int64_t side = r[l] + 1;
     const int64_t size = o[l + 1] - o[l];
     TORCH_CHECK(r[l] >= 1 && size >= 1, "level ", l, ": bad resolution or size");
-    levels[l] = {o[l], size, r[l], side * side * side <= size};
+    const bool pow2 = (size & (size - 1)) == 0;
+    levels[l] = {o[l], size, r[l], side * side * side <= size,
+                 pow2 ? static_cast<uint64_t>(size - 1) : 0};
   }
   return levels;
 }
@@ -71,18 +74,19 @@ inline void corners(const scalar_t* p, const Level& level, int64_t rows[8], scal
     } else {
       const uint32_t h = static_cast<uint32_t>(ix) ^ (static_cast<uint32_t>(iy) * kPrimeY) ^
                          (static_cast<uint32_t>(iz) * kPrimeZ);
-      index = static_cast<int64_t>(h % static_cast<uint64_t>(level.size));
+      index = static_cast<int64_t>(level.mask ? (h & level.mask)
+                                              : (h % static_cast<uint64_t>(level.size)));
     }
     rows[c] = level.offset + index;
   }
 }
 
+// Level-major work items keep one level's rows hot in the cache; `out` is (L, N, F).
 template <typename scalar_t>
 void forward_loop(const scalar_t* pts, const scalar_t* tab, scalar_t* out,
                   const std::vector<Level>& levels, int64_t n, int64_t f) {
   const int64_t n_levels = levels.size();
   const int64_t n_blocks = (n + kBlock - 1) / kBlock;
-  // Level-major work items keep one level's rows hot in the cache.
 #pragma omp parallel for schedule(static)
   for (int64_t item = 0; item < n_levels * n_blocks; ++item) {
     const int64_t l = item / n_blocks;
@@ -91,7 +95,7 @@ void forward_loop(const scalar_t* pts, const scalar_t* tab, scalar_t* out,
     scalar_t weights[8];
     for (int64_t i = begin; i < end; ++i) {
       corners(pts + 3 * i, levels[l], rows, weights);
-      scalar_t* dst = out + (i * n_levels + l) * f;
+      scalar_t* dst = out + (l * n + i) * f;
       for (int64_t k = 0; k < f; ++k) dst[k] = scalar_t(0);
       for (int c = 0; c < 8; ++c) {
         const scalar_t* src = tab + rows[c] * f;
@@ -101,7 +105,7 @@ void forward_loop(const scalar_t* pts, const scalar_t* tab, scalar_t* out,
   }
 }
 
-// d(out)/d(table): one thread per level, so that the scatter is race-free and its
+// d(out)/d(table) from `grad` (L, N, F): one thread per level, so that the scatter is race-free and its
 // summation order (point order) is fixed: the result is deterministic.
 template <typename scalar_t>
 void backward_loop(const scalar_t* grad, const scalar_t* pts, scalar_t* grad_table,
@@ -113,7 +117,7 @@ void backward_loop(const scalar_t* grad, const scalar_t* pts, scalar_t* grad_tab
     scalar_t weights[8];
     for (int64_t i = 0; i < n; ++i) {
       corners(pts + 3 * i, levels[l], rows, weights);
-      const scalar_t* src = grad + (i * n_levels + l) * f;
+      const scalar_t* src = grad + (l * n + i) * f;
       for (int c = 0; c < 8; ++c) {
         scalar_t* dst = grad_table + rows[c] * f;
         for (int64_t k = 0; k < f; ++k) dst[k] += weights[c] * src[k];
@@ -138,7 +142,7 @@ torch::Tensor forward(torch::Tensor points, torch::Tensor table, torch::Tensor o
   points = points.contiguous();
   table = table.contiguous();
   const int64_t n = points.size(0), n_levels = levels.size(), f = table.size(1);
-  auto out = torch::empty({n, n_levels, f}, table.options());
+  auto out = torch::empty({n_levels, n, f}, table.options());
   AT_DISPATCH_FLOATING_TYPES(table.scalar_type(), "hash_encode_forward", [&] {
     forward_loop<scalar_t>(points.data_ptr<scalar_t>(), table.data_ptr<scalar_t>(),
                            out.data_ptr<scalar_t>(), levels, n, f);
@@ -148,11 +152,11 @@ torch::Tensor forward(torch::Tensor points, torch::Tensor table, torch::Tensor o
 
 torch::Tensor backward(torch::Tensor grad_out, torch::Tensor points, torch::Tensor offsets,
                        torch::Tensor resolutions, int64_t n_rows) {
-  TORCH_CHECK(grad_out.dim() == 3 && grad_out.size(0) == points.size(0),
-              "grad_out must be (N, L, F)");
-  check_inputs(points, grad_out.reshape({grad_out.size(0), -1}));
+  TORCH_CHECK(grad_out.dim() == 3 && grad_out.size(1) == points.size(0),
+              "grad_out must be (L, N, F)");
+  check_inputs(points, grad_out[0]);
   const auto levels = make_levels(offsets, resolutions);
-  TORCH_CHECK(grad_out.size(1) == static_cast<int64_t>(levels.size()), "grad_out levels");
+  TORCH_CHECK(grad_out.size(0) == static_cast<int64_t>(levels.size()), "grad_out levels");
   TORCH_CHECK(levels.back().offset + levels.back().size == n_rows, "n_rows vs offsets");
   points = points.contiguous();
   grad_out = grad_out.contiguous();
@@ -169,6 +173,6 @@ torch::Tensor backward(torch::Tensor grad_out, torch::Tensor points, torch::Tens
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "Multiresolution hash encoding: CPU forward and backward (grad w.r.t. the table)";
-  m.def("hash_encode_forward", &forward, "(N,3) points, (E,F) table -> (N,L,F) features");
-  m.def("hash_encode_backward", &backward, "(N,L,F) grad -> (E,F) grad of the table");
+  m.def("hash_encode_forward", &forward, "(N,3) points, (E,F) table -> (L,N,F) features");
+  m.def("hash_encode_backward", &backward, "(L,N,F) grad -> (E,F) grad of the table");
 }
