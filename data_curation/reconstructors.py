@@ -1,0 +1,165 @@
+"""The registry of "underfit reconstructors", whose artifacts SliceFixer learns to repair.
+
+    recon = get_reconstructor("sart")
+    volume = recon(projections, geo, iterations=5, seed=0)      # (Z, Y, X) float32 tensor
+
+A reconstructor is ``callable(projections, geo, iterations, seed) -> volume`` with
+`projections` (N, V, U) float32 line integrals of the views of `geo` and the
+result a (Z, Y, X) float32 CPU tensor on ``geo.volume_shape``, plus its
+*standard* iteration count (what a converged run uses); curation runs it for a
+random fraction of that count. Built in:
+
+- "hashgrid": the hash-grid neural field (`nr.fields.recon`), registered lazily.
+- "gaussians": R2-Gaussian (`nr.gaussians.recon`), registered lazily.
+- "sart": SART from zero (`nr.ops.iterative.sart`), standard count 20
+  (R2-Gaussian's baseline); cheap, for tests and for iterative-artifact data
+  (ANCHORS.md section 9).
+
+The neural packages are imported only when their reconstructor is first used,
+so curating with "sart" never needs them. `register` adds a user's own method.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from nr.geometry import ConeBeamGeometry
+from nr.io import Scan
+from nr.ops.iterative import SARTConfig, sart
+
+ReconstructFn = Callable[[torch.Tensor, ConeBeamGeometry, int, int], torch.Tensor]
+
+# Standard iteration count of SART (R2-Gaussian's TIGRE baseline, nr.ops.iterative.SARTConfig).
+SART_STANDARD_ITERATIONS = SARTConfig().n_iter
+
+
+@dataclass(frozen=True)
+class Reconstructor:
+    """One registered method.
+
+    Attributes:
+        name: registry key (also written in the manifest).
+        reconstruct: ``(projections, geo, iterations, seed) -> (Z, Y, X) volume``.
+        standard_iterations: the iteration count of a full (converged) run.
+    """
+
+    name: str
+    reconstruct: ReconstructFn
+    standard_iterations: int
+
+    def __call__(
+        self, projections: torch.Tensor, geo: ConeBeamGeometry, iterations: int, seed: int
+    ) -> torch.Tensor:
+        """Run the method; returns the (Z, Y, X) float32 CPU volume, checked for shape."""
+        if isinstance(iterations, bool) or not isinstance(iterations, (int, np.integer)):
+            raise TypeError(f"iterations: expected an int, got {type(iterations).__name__}")
+        if iterations < 1:
+            raise ValueError(f"iterations: expected >= 1, got {iterations}")
+        volume = self.reconstruct(projections, geo, int(iterations), int(seed))
+        volume = torch.as_tensor(volume).detach().cpu().float()
+        if tuple(volume.shape) != geo.volume_shape:
+            raise ValueError(
+                f"reconstructor {self.name!r}: returned shape {tuple(volume.shape)}, "
+                f"expected {geo.volume_shape}"
+            )
+        return volume
+
+
+_REGISTRY: dict[str, Reconstructor] = {}
+# name -> `load() -> Reconstructor`, called on first use (it imports the method's package).
+_LAZY: dict[str, Callable[[], Reconstructor]] = {}
+
+
+def register(reconstructor: Reconstructor, *, overwrite: bool = False) -> None:
+    """Add a reconstructor under ``reconstructor.name``.
+
+    Raises:
+        ValueError: the name is taken and `overwrite` is False.
+    """
+    if not isinstance(reconstructor, Reconstructor):
+        raise TypeError(f"reconstructor: expected a Reconstructor, got {type(reconstructor)}")
+    name = reconstructor.name
+    if not overwrite and (name in _REGISTRY or name in _LAZY):
+        raise ValueError(f"name: a reconstructor {name!r} is already registered")
+    if isinstance(reconstructor.standard_iterations, bool) or not isinstance(
+        reconstructor.standard_iterations, int
+    ) or reconstructor.standard_iterations < 1:
+        raise ValueError(
+            f"standard_iterations: expected a positive int, got "
+            f"{reconstructor.standard_iterations!r}"
+        )
+    _LAZY.pop(name, None)
+    _REGISTRY[name] = reconstructor
+
+
+def available() -> tuple[str, ...]:
+    """Names of the registered reconstructors (lazy ones included)."""
+    return tuple(sorted(set(_REGISTRY) | set(_LAZY)))
+
+
+def get_reconstructor(name: str) -> Reconstructor:
+    """The reconstructor registered as `name`, importing its package on first use.
+
+    Raises:
+        ValueError: unknown name.
+        ImportError: the package of a lazily registered method cannot be used.
+    """
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    if name not in _LAZY:
+        raise ValueError(f"representation: expected one of {available()}, got {name!r}")
+    _REGISTRY[name] = _LAZY.pop(name)()
+    return _REGISTRY[name]
+
+
+def _sart(projections: torch.Tensor, geo: ConeBeamGeometry, iterations: int, seed: int):
+    # SART is deterministic: the seed has nothing to draw.
+    return sart(projections, geo, SARTConfig(n_iter=iterations), progress=False)
+
+
+def _neural(
+    name: str, module_name: str, config_name: str, function_name: str
+) -> Callable[[], Reconstructor]:
+    """A loader of a neural representation following pipelines.recon's contract:
+    ``Config.default(iterations)`` (a dataclass with ``train.seed``), ``reconstruct(scan, config)``
+    returning the volume or ``(volume, history)``."""
+    def load() -> Reconstructor:
+        try:
+            module = importlib.import_module(module_name)
+            config_cls = getattr(module, config_name)
+            function = getattr(module, function_name)
+        except (ImportError, AttributeError) as error:
+            raise ImportError(
+                f"representation {name!r} needs {module_name}.{config_name} and "
+                f"{module_name}.{function_name}, which cannot be imported ({error}); "
+                "curate with --representations sart, or update the toolkit"
+            ) from error
+
+        def reconstruct(projections, geo, iterations, seed):
+            config = config_cls.default(iterations)
+            config = dataclasses.replace(
+                config, train=dataclasses.replace(config.train, seed=seed, progress=False)
+            )
+            scan = Scan(projections.float().contiguous(), geo)
+            result = function(scan, config)
+            return result[0] if isinstance(result, tuple) else result
+
+        standard = config_cls.default(None).train.iterations
+        return Reconstructor(name, reconstruct, int(standard))
+
+    return load
+
+
+register(Reconstructor("sart", _sart, SART_STANDARD_ITERATIONS))
+_LAZY["hashgrid"] = _neural(
+    "hashgrid", "nr.fields.recon", "HashGridReconConfig", "reconstruct_hashgrid"
+)
+_LAZY["gaussians"] = _neural(
+    "gaussians", "nr.gaussians.recon", "GaussianReconConfig", "reconstruct_gaussians"
+)
