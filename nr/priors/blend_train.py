@@ -286,7 +286,7 @@ def train_blend(
             optimizer.step()
             ema.step(model.unet.parameters())
             step += 1
-            losses.append(float(loss))
+            losses.append(loss.item())
             bar.update(1)
             if step % config.log_every == 0 or step == config.steps:
                 record = {
