@@ -169,82 +169,81 @@ def _weighted_backprojection(
     device, real = filtered.device, filtered.dtype
     n_z, n_y, n_x = geo.volume_shape
     n_v, n_u = filtered.shape[1:]
-    vectors = torch.as_tensor(geo.view_vectors()[view_ids], dtype=torch.float64, device=device)
-    arcs_t = torch.as_tensor(arcs, dtype=real, device=device)
+    maps = torch.as_tensor(_projective_maps(geo, view_ids), dtype=real, device=device)
+    weighted = filtered * torch.as_tensor(arcs, dtype=real, device=device)[:, None, None]
     origin, size = geo.voxel_origin_xyz(), geo.voxel_size_xyz()
-    axes = [
-        torch.as_tensor(origin[k] + np.arange(n) * size[k], dtype=torch.float64, device=device)
+    x, y, z = (
+        torch.as_tensor(origin[k] + np.arange(n) * size[k], dtype=real, device=device)
         for k, n in enumerate((n_x, n_y, n_z))
-    ]
+    )
     volume = torch.zeros((n_z, n_y, n_x), dtype=real, device=device)
     slab = max(1, min(n_z, SAMPLES_PER_CHUNK // (n_y * n_x)))
     for z0 in range(0, n_z, slab):
-        z_axis = axes[2][z0 : z0 + slab]
-        per_chunk = max(1, SAMPLES_PER_CHUNK // (z_axis.numel() * n_y * n_x))
+        zs = z[z0 : z0 + slab]
+        per_chunk = max(1, SAMPLES_PER_CHUNK // (zs.numel() * n_y * n_x))
         for v0 in range(0, view_ids.size, per_chunk):
-            views = slice(v0, v0 + per_chunk)
-            u, v, weight = _detector_coordinates(geo, vectors[views], axes[0], axes[1], z_axis)
-            grid = torch.stack(((2 * u + 1) / n_u - 1, (2 * v + 1) / n_v - 1), dim=-1)
-            grid = grid.reshape(u.shape[0], -1, n_x, 2).to(real)
+            m = maps[v0 : v0 + per_chunk]  # (C, 4, 3)
+            # (x, y, z, 1) @ m as a sum of an x part (C, 1, 1, X) and a (z, y) part (C, Zs, Y, 1).
+            along_x = x[None, :, None] * m[:, None, 0]
+            along_zy = (
+                zs[None, :, None, None] * m[:, None, None, 2]
+                + y[None, None, :, None] * m[:, None, None, 1]
+                + m[:, None, None, 3]
+            )
+            mapped = along_x[:, None, None] + along_zy[:, :, :, None]  # (C, Zs, Y, X, 3)
+            inverse_depth = 1.0 / mapped[..., 2]
+            grid = mapped[..., :2] * inverse_depth[..., None]
             samples = F.grid_sample(
-                filtered[views, None],
-                grid,
+                weighted[v0 : v0 + per_chunk, None],
+                grid.reshape(m.shape[0], -1, n_x, 2),
                 mode="bilinear",
                 padding_mode="zeros",
                 align_corners=False,
-            ).reshape(u.shape)
-            weight = weight.to(real) * arcs_t[views, None, None, None]
-            volume[z0 : z0 + z_axis.numel()] += (samples * weight).sum(dim=0)
+            ).reshape(inverse_depth.shape)
+            volume[z0 : z0 + zs.numel()] += (samples * inverse_depth**2).sum(0)
     return volume
 
 
-def _detector_coordinates(
-    geo: ConeBeamGeometry,
-    vectors: torch.Tensor,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    z: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Fractional detector indices (u, v) where each voxel's ray meets each view, and its weight.
+def _projective_maps(geo: ConeBeamGeometry, view_ids: np.ndarray) -> np.ndarray:
+    """Per view, the 4x3 matrix taking a voxel centre to grid_sample coordinates and weight.
 
-    Args:
-        geo: the scan.
-        vectors: (C, 4, 3) float64 ``[src, det, du, dv]`` world vectors of C views.
-        x, y, z: (X,), (Y,), (Zs,) float64 voxel-centre coordinates, mm.
+    For a world point (x, y, z, 1) @ M = (g_u, g_v, d): the point projects onto
+    the detector at ``grid_sample`` coordinates (g_u / d, g_v / d)
+    (``align_corners=False``: pixel i at ``(2 i + 1) / n - 1``), and its FDK
+    weight is ``1 / d^2``: in cone mode d is the voxel's depth along the
+    central ray (the detector normal) divided by dso; in parallel mode d = 1.
 
     Returns:
-        u, v, weight: (C, Zs, Y, X) float64; weight is FDK's ``(dso / depth)^2``
-        in cone mode and 1 in parallel mode.
+        (N, 4, 3) float64.
     """
-    src, det, du, dv = (vectors[:, i] for i in range(4))
-    normal = torch.linalg.cross(du, dv)
-
-    def dot(w: torch.Tensor, point: torch.Tensor) -> torch.Tensor:
-        """(voxel - point) . w for every view and voxel, as a broadcast sum of the axes."""
-        offset = (point * w).sum(-1)[:, None, None, None]
-        return (
-            w[:, 0, None, None, None] * x[None, None, None, :]
-            + w[:, 1, None, None, None] * y[None, None, :, None]
-            + w[:, 2, None, None, None] * z[None, :, None, None]
-            - offset
-        )
-
-    du2 = (du * du).sum(-1)[:, None, None, None]
-    dv2 = (dv * dv).sum(-1)[:, None, None, None]
-    if geo.mode == "cone":
-        # Ray src + t (voxel - src) meets the detector plane at t = magnification.
-        depth_n = dot(normal, src)
-        t = ((det - src) * normal).sum(-1)[:, None, None, None] / depth_n
-        base_u = ((src - det) * du).sum(-1)[:, None, None, None]
-        base_v = ((src - det) * dv).sum(-1)[:, None, None, None]
-        u = (base_u + t * dot(du, src)) / du2
-        v = (base_v + t * dot(dv, src)) / dv2
-        central = normal * torch.sign(((det - src) * normal).sum(-1, keepdim=True))
-        central = central / torch.linalg.vector_norm(central, dim=-1, keepdim=True)
-        weight = (geo.dso / dot(central, src)) ** 2
-        return u, v, weight
-    # Parallel: voxel + s * direction meets the plane; direction = src (source-to-detector).
-    s = -dot(normal, det) / (src * normal).sum(-1)[:, None, None, None]
-    u = (dot(du, det) + s * (src * du).sum(-1)[:, None, None, None]) / du2
-    v = (dot(dv, det) + s * (src * dv).sum(-1)[:, None, None, None]) / dv2
-    return u, v, torch.ones_like(u)
+    n_v, n_u = (int(n) for n in geo.n_detector)
+    maps = np.zeros((view_ids.size, 4, 3))
+    for i, (src, det, du, dv) in enumerate(geo.view_vectors()[view_ids]):
+        normal = np.cross(du, dv)
+        if geo.mode == "cone":
+            # The ray src + t (x - src) meets the detector plane at t = k / ((x - src) . normal).
+            k = (det - src) @ normal
+            depth = np.append(normal, -src @ normal)
+            columns = []
+            for axis in (du, dv):
+                a = (src - det) @ axis
+                columns.append(
+                    np.append(a * normal + k * axis, -a * (src @ normal) - k * (src @ axis))
+                )
+            depth_scale = geo.dso * np.linalg.norm(normal) * np.sign(-k)
+        else:
+            # The ray x + s src (src: source-to-detector direction) meets the plane.
+            columns = []
+            for axis in (du, dv):
+                ratio = (src @ axis) / (src @ normal)
+                columns.append(
+                    np.append(axis - ratio * normal, ratio * (det @ normal) - det @ axis)
+                )
+            depth = np.array([0.0, 0.0, 0.0, 1.0])
+            depth_scale = 1.0
+        # Pixel index i = column / (depth |axis|^2); grid coordinate (2 i + 1) / n - 1.
+        for c, (axis, n) in enumerate(((du, n_u), (dv, n_v))):
+            maps[i, :, c] = 2.0 / (n * (axis @ axis)) * columns[c] + (1.0 / n - 1.0) * depth
+        maps[i, :, 2] = depth
+        maps[i] /= depth_scale
+    return maps
