@@ -76,9 +76,10 @@ setup(
         "peft>=0.13",
         "transformers>=4.45",
         "accelerate>=0.34",
+        "surface-distance>=0.1",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist>=3"],
+        "test": ["pytest>=8", "pytest-xdist>=3", "ruff>=0.5"],
         "bench": ["astra-toolbox>=2.1"],
         "cluster": ["dask[distributed]>=2024.1"],
         "logging": ["tensorboard>=2.14"],
