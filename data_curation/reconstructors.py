@@ -9,8 +9,10 @@ result a (Z, Y, X) float32 CPU tensor on ``geo.volume_shape``, plus its
 *standard* iteration count (what a converged run uses); curation runs it for a
 random fraction of that count. Built in:
 
-- "hashgrid": the hash-grid neural field (`nr.fields.recon`), registered lazily.
-- "gaussians": R2-Gaussian (`nr.gaussians.recon`), registered lazily.
+- "hashgrid": the hash-grid neural field (`nr.train.reconstruct_hashgrid`),
+  standard count that of its default config; registered lazily.
+- "gaussians": R2-Gaussian (`nr.gaussians.recon.reconstruct_gaussians`),
+  standard count that of ``GaussianReconConfig.default()``; registered lazily.
 - "sart": SART from zero (`nr.ops.iterative.sart`), standard count 20
   (R2-Gaussian's baseline); cheap, for tests and for iterative-artifact data
   (ANCHORS.md section 9).
@@ -30,7 +32,6 @@ import numpy as np
 import torch
 
 from nr.geometry import ConeBeamGeometry
-from nr.io import Scan
 from nr.ops.iterative import SARTConfig, sart
 
 ReconstructFn = Callable[[torch.Tensor, ConeBeamGeometry, int, int], torch.Tensor]
@@ -123,43 +124,57 @@ def _sart(projections: torch.Tensor, geo: ConeBeamGeometry, iterations: int, see
     return sart(projections, geo, SARTConfig(n_iter=iterations), progress=False)
 
 
-def _neural(
-    name: str, module_name: str, config_name: str, function_name: str
-) -> Callable[[], Reconstructor]:
-    """A loader of a neural representation following pipelines.recon's contract:
-    ``Config.default(iterations)`` (a dataclass with ``train.seed``), ``reconstruct(scan, config)``
-    returning the volume or ``(volume, history)``."""
-    def load() -> Reconstructor:
-        try:
-            module = importlib.import_module(module_name)
-            config_cls = getattr(module, config_name)
-            function = getattr(module, function_name)
-        except (ImportError, AttributeError) as error:
-            raise ImportError(
-                f"representation {name!r} needs {module_name}.{config_name} and "
-                f"{module_name}.{function_name}, which cannot be imported ({error}); "
-                "curate with --representations sart, or update the toolkit"
-            ) from error
+def _import(name: str, module_name: str, *names: str) -> list:
+    try:
+        module = importlib.import_module(module_name)
+        return [getattr(module, n) for n in names]
+    except (ImportError, AttributeError) as error:
+        raise ImportError(
+            f"representation {name!r} needs {', '.join(names)} from {module_name}, which cannot "
+            f"be imported ({error}); curate with --representations sart, or update the toolkit"
+        ) from error
 
-        def reconstruct(projections, geo, iterations, seed):
-            config = config_cls.default(iterations)
-            config = dataclasses.replace(
-                config, train=dataclasses.replace(config.train, seed=seed, progress=False)
-            )
-            scan = Scan(projections.float().contiguous(), geo)
-            result = function(scan, config)
-            return result[0] if isinstance(result, tuple) else result
 
-        standard = config_cls.default(None).train.iterations
-        return Reconstructor(name, reconstruct, int(standard))
+def _load_hashgrid() -> Reconstructor:
+    """`nr.train.reconstruct_hashgrid` with its default config; the seed sets the field's
+    initialisation and the loop's view order."""
+    config_cls, reconstruct_hashgrid = _import(
+        "hashgrid", "nr.train", "HashGridReconConfig", "reconstruct_hashgrid"
+    )
+    base = config_cls()
 
-    return load
+    def reconstruct(projections, geo, iterations, seed):
+        config = dataclasses.replace(
+            base,
+            field=dataclasses.replace(base.field, seed=seed),
+            train=dataclasses.replace(base.train, iterations=iterations, seed=seed,
+                                      progress=False, eval_every=0),
+        )
+        return reconstruct_hashgrid(projections.float().contiguous(), geo, config)[0]
+
+    return Reconstructor("hashgrid", reconstruct, int(base.train.iterations))
+
+
+def _load_gaussians() -> Reconstructor:
+    """`nr.gaussians.recon.reconstruct_gaussians` with ``GaussianReconConfig.default``
+    (its densification schedule scales with the iterations); the seed sets the initial
+    points and the loop."""
+    config_cls, reconstruct_gaussians = _import(
+        "gaussians", "nr.gaussians.recon", "GaussianReconConfig", "reconstruct_gaussians"
+    )
+
+    def reconstruct(projections, geo, iterations, seed):
+        config = config_cls.default(iterations)
+        config = dataclasses.replace(
+            config,
+            init=dataclasses.replace(config.init, seed=seed),
+            train=dataclasses.replace(config.train, seed=seed, progress=False, eval_every=0),
+        )
+        return reconstruct_gaussians(projections.float().contiguous(), geo, config)[0]
+
+    return Reconstructor("gaussians", reconstruct, int(config_cls.default().train.iterations))
 
 
 register(Reconstructor("sart", _sart, SART_STANDARD_ITERATIONS))
-_LAZY["hashgrid"] = _neural(
-    "hashgrid", "nr.fields.recon", "HashGridReconConfig", "reconstruct_hashgrid"
-)
-_LAZY["gaussians"] = _neural(
-    "gaussians", "nr.gaussians.recon", "GaussianReconConfig", "reconstruct_gaussians"
-)
+_LAZY["hashgrid"] = _load_hashgrid
+_LAZY["gaussians"] = _load_gaussians

@@ -64,17 +64,20 @@ def test_volume_seed_depends_on_seed_and_content():
     assert 0 <= volume_seed(0, "ab") < 2**63
 
 
-@pytest.mark.parametrize("change, match", [
-    ({"views": (25, 400)}, "dense_views"),
-    ({"subsets": ("uniform", "arc")}, "subsets"),
-    ({"mix": (1.0,)}, "mix"),
-    ({"mix": (0.0, 0.0)}, "mix"),
-    ({"iters_fraction": (0.5, 0.25)}, "iters_fraction"),
-    ({"axes": ("z", "w")}, "axes"),
-    ({"slice_dtype": "int8"}, "slice_dtype"),
-    ({"standard_iterations": {"sart": 0}}, "standard_iterations"),
-    ({"seed": -1}, "seed"),
-])
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        ({"views": (25, 400)}, "dense_views"),
+        ({"subsets": ("uniform", "arc")}, "subsets"),
+        ({"mix": (1.0,)}, "mix"),
+        ({"mix": (0.0, 0.0)}, "mix"),
+        ({"iters_fraction": (0.5, 0.25)}, "iters_fraction"),
+        ({"axes": ("z", "w")}, "axes"),
+        ({"slice_dtype": "int8"}, "slice_dtype"),
+        ({"standard_iterations": {"sart": 0}}, "standard_iterations"),
+        ({"seed": -1}, "seed"),
+    ],
+)
 def test_config_rejects_bad_values(change, match):
     with pytest.raises(ValueError, match=match):
         dataclasses.replace(CurationConfig(), **change)
@@ -98,3 +101,18 @@ def test_registry():
             get_reconstructor("wrong_shape")(torch.zeros(geo.projection_shape), geo, 1, 0)
     finally:
         _REGISTRY.pop("wrong_shape")
+
+
+@pytest.mark.parametrize("name", ["hashgrid", "gaussians"])
+def test_neural_reconstructors_are_seeded(name):
+    try:
+        reconstructor = get_reconstructor(name)
+    except ImportError as error:
+        pytest.skip(f"{name} not available: {error}")
+    assert reconstructor.standard_iterations > 100
+    geo = ConeBeamGeometry.default(16, 6)
+    projections = torch.rand(geo.projection_shape) * 10
+    first = reconstructor(projections, geo, 1, 1)
+    assert first.shape == (16, 16, 16) and torch.isfinite(first).all()
+    assert torch.equal(first, reconstructor(projections, geo, 1, 1))
+    assert not torch.equal(first, reconstructor(projections, geo, 1, 2))
