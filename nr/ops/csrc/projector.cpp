@@ -8,9 +8,9 @@
 // bilinear corner is in bounds and each plane is contiguous.
 //
 // Forward: parallel over detector rows, a gather per ray.
-// Adjoint: a scatter made race-free by partitioning the output: for each view, the
-// threads share out the planes (k, i); a thread scatters every ray of the view into
-// its own planes only. The total work equals the forward's.
+// Adjoint: a scatter made race-free by partitioning the output: each thread owns a
+// block of planes of every axis and scatters every ray into its own planes only. The
+// sample work equals the forward's.
 
 #include <torch/extension.h>
 
@@ -19,7 +19,6 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
-#include <vector>
 
 namespace {
 
@@ -203,51 +202,40 @@ void backward_kernel(const Setup& s, int64_t n_views, const scalar_t* values,
   for (int k = 0; k < 3; ++k)
     if (slabs[k].defined()) base[k] = slabs[k].data_ptr<scalar_t>();
   const int64_t n_v = s.n_v, n_u = s.n_u;
-  std::array<std::vector<Ray>, 3> rays;
-  std::array<std::vector<double>, 3> weights;  // projection value x ray weight
-  std::vector<std::array<int64_t, 2>> tasks;   // (k, plane) pairs: the output partition
-  for (int64_t view = 0; view < n_views; ++view) {
+  // One parallel region: thread t owns the planes [t n_k / T, (t + 1) n_k / T) of every
+  // axis and visits all rays, clipped to its planes. Rays are set up once per thread,
+  // cheap next to their samples, and no barrier or shared buffer is needed.
+#pragma omp parallel num_threads(at::get_num_threads())
+  {
+    const int64_t n_threads = omp_get_num_threads(), thread = omp_get_thread_num();
+    std::array<int64_t, 3> first{}, last{};
     for (int k = 0; k < 3; ++k) {
-      rays[k].clear();
-      weights[k].clear();
+      first[k] = thread * s.n[k] / n_threads;
+      last[k] = (thread + 1) * s.n[k] / n_threads - 1;
     }
     Ray r;
-    for (int64_t v = 0; v < n_v; ++v)
-      for (int64_t u = 0; u < n_u; ++u) {
-        const double value = static_cast<double>(values[(view * n_v + v) * n_u + u]);
-        if (value == 0.0 || !make_ray(s, view, v, u, r)) continue;
-        rays[r.k].push_back(r);
-        weights[r.k].push_back(value * r.w);
-      }
-    tasks.clear();
-    for (int k = 0; k < 3; ++k)
-      if (!rays[k].empty())
-        for (int64_t i = 0; i < s.n[k]; ++i) tasks.push_back({k, i});
-    const int64_t n_tasks = static_cast<int64_t>(tasks.size());
-#pragma omp parallel for schedule(dynamic, 1) num_threads(at::get_num_threads())
-    for (int64_t task = 0; task < n_tasks; ++task) {
-      const int k = static_cast<int>(tasks[task][0]);
-      const int64_t i = tasks[task][1];
-      const auto shape = padded_shape(s, k);
-      const int64_t row = shape[2];
-      scalar_t* q0 = base[k] + i * shape[1] * shape[2];
-      const auto& list = rays[k];
-      const auto& g = weights[k];
-      for (size_t j = 0; j < list.size(); ++j) {
-        const Ray& ray = list[j];
-        int64_t offset;
-        double as, af;
-        if (i < ray.lo || i > ray.hi ||
-            !corner(ray, i, shape[1] - 2, shape[2] - 2, row, offset, as, af))
-          continue;
-        scalar_t* q = q0 + offset;
-        const double gs0 = g[j] * (1.0 - as), gs1 = g[j] * as;
-        q[0] += static_cast<scalar_t>(gs0 * (1.0 - af));
-        q[1] += static_cast<scalar_t>(gs0 * af);
-        q[row] += static_cast<scalar_t>(gs1 * (1.0 - af));
-        q[row + 1] += static_cast<scalar_t>(gs1 * af);
-      }
-    }
+    for (int64_t view = 0; view < n_views; ++view)
+      for (int64_t v = 0; v < n_v; ++v)
+        for (int64_t u = 0; u < n_u; ++u) {
+          const double value = static_cast<double>(values[(view * n_v + v) * n_u + u]);
+          if (value == 0.0 || !make_ray(s, view, v, u, r)) continue;
+          const int64_t lo = std::max(r.lo, first[r.k]), hi = std::min(r.hi, last[r.k]);
+          if (lo > hi) continue;
+          const auto shape = padded_shape(s, r.k);
+          const int64_t row = shape[2], plane = shape[1] * shape[2];
+          const double g = value * r.w;
+          for (int64_t i = lo; i <= hi; ++i) {
+            int64_t offset;
+            double as, af;
+            if (!corner(r, i, shape[1] - 2, shape[2] - 2, row, offset, as, af)) continue;
+            scalar_t* q = base[r.k] + i * plane + offset;
+            const double gs0 = g * (1.0 - as), gs1 = g * as;
+            q[0] += static_cast<scalar_t>(gs0 * (1.0 - af));
+            q[1] += static_cast<scalar_t>(gs0 * af);
+            q[row] += static_cast<scalar_t>(gs1 * (1.0 - af));
+            q[row + 1] += static_cast<scalar_t>(gs1 * af);
+          }
+        }
   }
 }
 
