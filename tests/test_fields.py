@@ -12,6 +12,15 @@ from nr.representation import Representation
 TINY = HashGridConfig(n_levels=3, log2_hashmap_size=10, base_resolution=4, init_scale=1.0)
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: threads only add contention (tens of times slower on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _geo(n: int = 16, views: int = 3) -> ConeBeamGeometry:
     return ConeBeamGeometry.default(n_voxel=n, n_views=views)
 

@@ -1,0 +1,550 @@
+"""One optimisation loop for every representation (hash-grid field, Gaussians) and its hooks.
+
+    trainer = Trainer(field, projections, geo, TrainConfig(), volume_gt=gt, out_dir="run")
+    history = trainer.run()                  # resumes from run/checkpoint.pt when present
+
+Per iteration (R2-Gaussian's recipe, ANCHORS.md section 1, with several views):
+
+    loss = proj(render(views), target) + lambda_dssim (1 - SSIM2D) + lambda_tv TV3D(random crop)
+           [+ weight (1 - SSIM3D(volume, reference)) for each hook holding a pseudo-reference,
+            every `hook.loss_every` iterations]
+
+Units: the losses see projections divided by ``volume_scale * L`` and volumes
+divided by ``volume_scale``, where ``L`` is half the longest side of the volume
+box (R2-Gaussian rescales the scene to [-1, 1]^3) and ``volume_scale`` the
+attenuation per mm that counts as 1 (the scan's maximum). The weights then mean
+what they mean in R2-Gaussian whatever the units of the scan.
+
+Hooks: any object with ``every: int`` (optional ``start: int``, default
+``every``; optional ``loss_every: int``, default 1) and ``__call__(trainer,
+iteration) -> HookResult | None``. It is called after the optimiser step of
+iterations ``start, start + every, ...``. A returned `HookResult` replaces that
+hook's pseudo-reference from the next iteration on. Hooks with
+``state_dict``/``load_state_dict`` are checkpointed.
+
+Checkpoints (``out_dir/checkpoint.pt``, written atomically every
+``checkpoint_every`` iterations) hold the representation, the optimiser, the
+RNG states of torch, numpy, Python and the loop, the iteration, the history,
+the pseudo-references and the hooks' states; a run killed at any moment and
+started again ends where an uninterrupted run ends.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from nr.fields import FieldConfig, HashGridField
+from nr.geometry import ConeBeamGeometry
+from nr.losses import PROJECTION_LOSSES, dssim_loss, projection_loss, ssim3d_loss, tv3d_loss
+from nr.metrics import normalise, psnr3d, ssim3d
+from nr.ops.fdk import fdk
+from nr.representation import Representation
+
+SCHEDULES = ("exponential", "step")
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The optimisation loop.
+
+    Attributes:
+        iterations: optimiser steps (R2-Gaussian: 30k with 1 view per step).
+        views_per_iteration: projections rendered per step, drawn without
+            replacement from a shuffled pass over the views (R2-Gaussian: 1).
+        projection_loss: "l1" (R2-Gaussian) or "mse" (NAF).
+        lambda_dssim: weight of ``1 - SSIM2D`` on projections (R2-Gaussian: 0.25).
+        lambda_tv: weight of 3D TV on a random crop (R2-Gaussian: 0.05; 0 disables).
+        tv_crop: side of the TV crop in voxels (R2-Gaussian: 32), clipped to the grid.
+        volume_scale: attenuation per mm that counts as 1 in the losses (module docstring).
+        schedule: "exponential" (each group's lr decays log-linearly from "lr"
+            to "lr_final", R2-Gaussian) or "step" (lr * gamma every `step_size`, NAF).
+        step_size: iterations between lr steps of the "step" schedule.
+        gamma: factor of each lr step.
+        adam_betas: Adam's betas (instant-NGP: (0.9, 0.99)).
+        adam_eps: Adam's epsilon (R2-Gaussian and instant-NGP: 1e-15).
+        eval_every: iterations between evaluations against the ground truth
+            (when one is given; also after the last iteration); 0 = only at the end.
+        checkpoint_every: iterations between checkpoints (needs an out_dir); 0 = never.
+        seed: seeds torch, numpy, Python and the loop's own generator.
+        progress: show a tqdm progress bar.
+        tensorboard: log scalars to ``out_dir/tensorboard`` (needs tensorboard).
+    """
+
+    iterations: int = 1000
+    views_per_iteration: int = 4
+    projection_loss: str = "l1"
+    lambda_dssim: float = 0.25
+    lambda_tv: float = 0.05
+    tv_crop: int = 32
+    volume_scale: float = 1.0
+    schedule: str = "exponential"
+    step_size: int = 1000
+    gamma: float = 0.1
+    adam_betas: tuple[float, float] = (0.9, 0.99)
+    adam_eps: float = 1e-15
+    eval_every: int = 100
+    checkpoint_every: int = 0
+    seed: int = 0
+    progress: bool = True
+    tensorboard: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("iterations", "views_per_iteration", "tv_crop", "step_size"):
+            _check_int(name, getattr(self, name), 1)
+        for name in ("eval_every", "checkpoint_every", "seed"):
+            _check_int(name, getattr(self, name), 0)
+        for name in ("lambda_dssim", "lambda_tv"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name}: expected a number >= 0, got {value!r}")
+        for name in ("volume_scale", "gamma", "adam_eps"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise ValueError(f"{name}: expected a positive number, got {value!r}")
+        if self.projection_loss not in PROJECTION_LOSSES:
+            raise ValueError(
+                f"projection_loss: expected one of {PROJECTION_LOSSES}, "
+                f"got {self.projection_loss!r}"
+            )
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule: expected one of {SCHEDULES}, got {self.schedule!r}")
+        if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
+            raise ValueError(f"adam_betas: expected two numbers in [0, 1), got {self.adam_betas}")
+
+
+def _resume_key(config: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a TrainConfig that must not change across a resume."""
+    return {k: v for k, v in config.items() if k not in ("progress", "tensorboard")}
+
+
+def _check_int(name: str, value: object, minimum: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name}: expected an int >= {minimum}, got {value!r}")
+
+
+@dataclass
+class HookResult:
+    """A pseudo-reference returned by a hook.
+
+    Attributes:
+        reference: (Z, Y, X) attenuation per mm on the training grid.
+        weight: weight of ``1 - SSIM3D(volume, reference)`` (DiffNR: 1.0).
+        crop: side of a random cubic crop on which the term is computed; None
+            compares the full volumes (DiffNR).
+    """
+
+    reference: torch.Tensor
+    weight: float
+    crop: int | None = None
+
+
+class Hook(Protocol):
+    """Called every `every` iterations (see the module docstring)."""
+
+    every: int
+
+    def __call__(self, trainer: Trainer, iteration: int) -> HookResult | None: ...
+
+
+def learning_rate(group: dict[str, Any], iteration: int, config: TrainConfig) -> float:
+    """The learning rate of a parameter group at `iteration` (1-based)."""
+    if config.schedule == "step":
+        return group["lr_start"] * config.gamma ** ((iteration - 1) // config.step_size)
+    final = group.get("lr_final", group["lr_start"])
+    t = min(max((iteration - 1) / max(config.iterations - 1, 1), 0.0), 1.0)
+    return math.exp(math.log(group["lr_start"]) * (1 - t) + math.log(final) * t)
+
+
+class Trainer:
+    """Fits a `Representation` to projections (module docstring).
+
+    Args:
+        representation: the model (an ``nn.Module`` implementing the contract).
+        projections: (N, V, U) float32 measured line integrals of all views of `geo`.
+        geo: the scan; the loss compares ``render_projections(geo, ids)`` to
+            ``projections[ids]``.
+        config: the loop.
+        volume_gt: optional (Z, Y, X) ground truth on the grid of `geo`; when
+            given, PSNR/SSIM (after normalising both volumes with the ground
+            truth's range) are recorded every ``eval_every`` iterations.
+        hooks: objects following `Hook`.
+        out_dir: folder of checkpoints and TensorBoard logs; None keeps nothing.
+    """
+
+    def __init__(
+        self,
+        representation: Representation,
+        projections: torch.Tensor,
+        geo: ConeBeamGeometry,
+        config: TrainConfig = TrainConfig(),
+        volume_gt: torch.Tensor | None = None,
+        hooks: Sequence[Hook] = (),
+        out_dir: str | Path | None = None,
+    ) -> None:
+        if not isinstance(representation, torch.nn.Module) or not isinstance(
+            representation, Representation
+        ):
+            raise TypeError("representation: expected an nn.Module implementing Representation")
+        if not isinstance(geo, ConeBeamGeometry):
+            raise TypeError(f"geo: expected a ConeBeamGeometry, got {type(geo).__name__}")
+        if (
+            not isinstance(projections, torch.Tensor)
+            or tuple(projections.shape) != geo.projection_shape
+        ):
+            raise ValueError(
+                f"projections: expected a tensor of shape {geo.projection_shape}, got "
+                f"{getattr(projections, 'shape', type(projections).__name__)}"
+            )
+        if not torch.isfinite(projections).all():
+            raise ValueError("projections: contains NaN or infinite values")
+        if volume_gt is not None and tuple(volume_gt.shape) != geo.volume_shape:
+            raise ValueError(
+                f"volume_gt: expected shape {geo.volume_shape}, got {tuple(volume_gt.shape)}"
+            )
+        for hook in hooks:
+            _check_int("hook.every", getattr(hook, "every", None), 1)
+        if config.checkpoint_every and out_dir is None:
+            raise ValueError("out_dir: checkpoint_every > 0 needs an out_dir")
+        self.representation = representation
+        self.geo = geo
+        self.config = config
+        self.hooks = list(hooks)
+        self.out_dir = None if out_dir is None else Path(out_dir)
+        device = next(representation.parameters()).device
+        self.length_unit = float(max(geo.s_voxel)) / 2.0
+        self.projection_unit = config.volume_scale * self.length_unit
+        self.targets = projections.to(device=device, dtype=torch.float32) / self.projection_unit
+        self.target_range = max(float(self.targets.max()), 1e-6)
+        self.volume_gt = None if volume_gt is None else torch.as_tensor(volume_gt).float().cpu()
+        self.iteration = 0
+        self.history: dict[str, Any] = {"train": {}, "eval": {}, "wall_time": 0.0}
+        self.references: dict[int, HookResult] = {}
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.view_order: list[int] = []
+        self.optimizer = torch.optim.Adam(
+            [dict(g, lr_start=g["lr"]) for g in representation.param_groups()],
+            betas=config.adam_betas,
+            eps=config.adam_eps,
+        )
+        torch.manual_seed(config.seed)
+        np.random.seed(config.seed)
+        random.seed(config.seed)
+
+    # ------------------------------------------------------------------ loop
+    def run(self) -> dict[str, Any]:
+        """Train to ``config.iterations`` (resuming from ``out_dir`` when a checkpoint exists).
+
+        Returns:
+            The history: ``train`` (per-iteration losses), ``eval`` (iteration,
+            psnr, ssim at each evaluation), ``wall_time`` seconds.
+        """
+        if self.out_dir is not None and (self.out_dir / CHECKPOINT).exists():
+            self.load_checkpoint(self.out_dir / CHECKPOINT)
+        c = self.config
+        writer = self._tensorboard()
+        bar = tqdm(total=c.iterations, initial=self.iteration, disable=not c.progress, desc="train")
+        self.representation.train()
+        started = time.perf_counter() - self.history["wall_time"]
+        while self.iteration < c.iterations:
+            self.iteration += 1
+            parts = self.step(self.iteration)
+            for name, value in parts.items():
+                self.history["train"].setdefault(name, []).append(value)
+            self.history["train"].setdefault("iteration", []).append(self.iteration)
+            self._run_hooks()
+            last = self.iteration == c.iterations
+            if self.volume_gt is not None and (
+                last or (c.eval_every and self.iteration % c.eval_every == 0)
+            ):
+                parts.update(self.evaluate())
+            self.history["wall_time"] = time.perf_counter() - started
+            if writer is not None:
+                for name, value in parts.items():
+                    writer.add_scalar(name, value, self.iteration)
+            if c.checkpoint_every and (last or self.iteration % c.checkpoint_every == 0):
+                self.save_checkpoint(self.out_dir / CHECKPOINT)
+            bar.update(1)
+            bar.set_postfix(loss=f"{parts['loss']:.4g}")
+        bar.close()
+        if writer is not None:
+            writer.close()
+        return self.history
+
+    def step(self, iteration: int) -> dict[str, float]:
+        """One optimiser step; returns the loss terms as floats."""
+        c = self.config
+        rep = self.representation
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(group, iteration, c)
+        ids = self._next_views()
+        pred = rep.render_projections(self.geo, ids) / self.projection_unit
+        target = self.targets[ids]
+        terms = {"projection": projection_loss(pred, target, c.projection_loss)}
+        if c.lambda_dssim > 0:
+            terms["dssim"] = c.lambda_dssim * dssim_loss(pred, target, self.target_range)
+        if c.lambda_tv > 0:
+            start, size = self._random_crop(c.tv_crop)
+            crop = rep.query_box(self.geo, start, size) / c.volume_scale
+            terms["tv"] = c.lambda_tv * tv3d_loss(crop)
+        for key, result in sorted(self.references.items()):
+            if iteration % getattr(self.hooks[key], "loss_every", 1) == 0:
+                terms[f"reference{key}"] = result.weight * self._reference_loss(result)
+        loss = sum(terms.values())
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        rep.after_backward(iteration, self.optimizer)
+        self.optimizer.step()
+        rep.after_step(iteration, self.optimizer)
+        out = {name: float(value.detach()) for name, value in terms.items()}
+        out["loss"] = float(loss.detach())
+        return out
+
+    def _reference_loss(self, result: HookResult) -> torch.Tensor:
+        reference = result.reference
+        if result.crop is None:
+            volume = self.representation.to_volume(self.geo)
+        else:
+            start, size = self._random_crop(result.crop)
+            volume = self.representation.query_box(self.geo, start, size)
+            reference = reference[tuple(slice(s, s + n) for s, n in zip(start, size, strict=True))]
+        return ssim3d_loss(volume / self.config.volume_scale, reference / self.config.volume_scale)
+
+    def _next_views(self) -> list[int]:
+        ids = []
+        while len(ids) < min(self.config.views_per_iteration, self.geo.n_views):
+            if not self.view_order:
+                self.view_order = torch.randperm(
+                    self.geo.n_views, generator=self.generator
+                ).tolist()
+            candidate = self.view_order.pop()
+            if candidate not in ids:
+                ids.append(candidate)
+        return ids
+
+    def _random_crop(self, side: int) -> tuple[list[int], list[int]]:
+        size = [min(side, int(n)) for n in self.geo.n_voxel]
+        start = [
+            int(torch.randint(0, int(n) - s + 1, (1,), generator=self.generator))
+            for n, s in zip(self.geo.n_voxel, size, strict=True)
+        ]
+        return start, size
+
+    def _run_hooks(self) -> None:
+        for key, hook in enumerate(self.hooks):
+            start = getattr(hook, "start", hook.every)
+            if self.iteration < start or (self.iteration - start) % hook.every:
+                continue
+            result = hook(self, self.iteration)
+            if result is None:
+                continue
+            if not isinstance(result, HookResult):
+                raise TypeError(f"hook {key}: expected a HookResult or None, got {type(result)}")
+            if result.crop is not None and not 11 <= result.crop:
+                raise ValueError(f"hook {key}: crop must be at least 11 (the SSIM window)")
+            if tuple(result.reference.shape) != self.geo.volume_shape:
+                raise ValueError(
+                    f"hook {key}: reference shape {tuple(result.reference.shape)} != "
+                    f"{self.geo.volume_shape}"
+                )
+            device = self.targets.device
+            self.references[key] = dataclasses.replace(
+                result, reference=result.reference.detach().to(device, torch.float32)
+            )
+
+    # ------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def volume(self) -> torch.Tensor:
+        """(Z, Y, X) current reconstruction on the grid of `geo` (eval mode, CPU)."""
+        rep = self.representation
+        was_training = rep.training
+        rep.eval()
+        volume = rep.to_volume(self.geo).detach().float().cpu()
+        rep.train(was_training)
+        return volume
+
+    def evaluate(self) -> dict[str, float]:
+        """PSNR and SSIM3D of the current volume against the ground truth (recorded in history)."""
+        if self.volume_gt is None:
+            raise ValueError("volume_gt: evaluation needs the ground-truth volume")
+        low, high = float(self.volume_gt.min()), float(self.volume_gt.max())
+        pred = normalise(self.volume(), low, high)
+        gt = normalise(self.volume_gt, low, high)
+        scores = {"psnr": float(psnr3d(pred, gt)), "ssim": float(ssim3d(pred, gt))}
+        record = self.history["eval"]
+        record.setdefault("iteration", []).append(self.iteration)
+        for name, value in scores.items():
+            record.setdefault(name, []).append(value)
+        return scores
+
+    # ----------------------------------------------------------- checkpoints
+    def save_checkpoint(self, path: str | Path) -> None:
+        """Write everything a resume needs to `path` atomically (temp file + rename)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {
+            "iteration": self.iteration,
+            "representation": self.representation.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "history": self.history,
+            "references": {k: dataclasses.asdict(r) for k, r in self.references.items()},
+            "hooks": [h.state_dict() if hasattr(h, "state_dict") else None for h in self.hooks],
+            "view_order": self.view_order,
+            "rng": {
+                "loop": self.generator.get_state(),
+                "torch": torch.get_rng_state(),
+                "numpy": np.random.get_state(),
+                "python": random.getstate(),
+            },
+            "config": dataclasses.asdict(self.config),
+        }
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(state, tmp)
+        tmp.replace(path)
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        """Restore the state written by `save_checkpoint`."""
+        state = torch.load(Path(path), map_location="cpu", weights_only=False)
+        if _resume_key(state["config"]) != _resume_key(dataclasses.asdict(self.config)):
+            raise ValueError(f"path: checkpoint {path} was written with another TrainConfig")
+        self.representation.load_state_dict(state["representation"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.iteration = state["iteration"]
+        self.history = state["history"]
+        device = self.targets.device
+        self.references = {
+            k: HookResult(**dict(r, reference=r["reference"].to(device)))
+            for k, r in state["references"].items()
+        }
+        for hook, hook_state in zip(self.hooks, state["hooks"], strict=True):
+            if hook_state is not None:
+                hook.load_state_dict(hook_state)
+        self.view_order = state["view_order"]
+        rng = state["rng"]
+        self.generator.set_state(rng["loop"])
+        torch.set_rng_state(rng["torch"])
+        np.random.set_state(rng["numpy"])
+        random.setstate(rng["python"])
+
+    def _tensorboard(self):
+        if not self.config.tensorboard:
+            return None
+        if self.out_dir is None:
+            raise ValueError("out_dir: tensorboard logging needs an out_dir")
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as error:
+            raise ImportError(
+                "tensorboard is not installed: pip install tensorboard (or the [logging] extra)"
+            ) from error
+        return SummaryWriter(str(self.out_dir / "tensorboard"))
+
+
+@dataclass(frozen=True)
+class HashGridReconConfig:
+    """`reconstruct_hashgrid`: the field, the loop, and how the attenuation scale is set.
+
+    Attributes:
+        field: the hash-grid field.
+        train: the loop.
+        auto_scale: set ``train.volume_scale`` to the 99.9th percentile of an
+            FDK reconstruction of the projections and ``field.attenuation_bound``
+            to ``bound_factor`` times it (the resolved values are in the
+            returned history's "config").
+        bound_factor: headroom of the field's output range over the scale.
+    """
+
+    field: FieldConfig = dataclasses.field(default_factory=FieldConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    auto_scale: bool = True
+    bound_factor: float = 2.0
+
+
+def reconstruct_hashgrid(
+    projections: torch.Tensor,
+    geo: ConeBeamGeometry,
+    config: HashGridReconConfig = HashGridReconConfig(),
+    volume_gt: torch.Tensor | None = None,
+    out_dir: str | Path | None = None,
+    hooks: Sequence[Hook] = (),
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Fit a `HashGridField` to the projections of `geo`.
+
+    Args:
+        projections: (N, V, U) line integrals of all views of `geo`.
+        geo: the scan.
+        config: field, loop and scaling.
+        volume_gt: optional (Z, Y, X) ground truth for PSNR/SSIM curves.
+        out_dir: checkpoints (resumed when present) and TensorBoard logs.
+        hooks: hooks of the loop (e.g. a SliceFixer prior).
+
+    Returns:
+        The (Z, Y, X) float32 CPU volume (attenuation per mm) and the history,
+        with the resolved configuration under "config".
+    """
+    if not isinstance(config, HashGridReconConfig):
+        raise TypeError(f"config: expected a HashGridReconConfig, got {type(config).__name__}")
+    if config.auto_scale:
+        if not isinstance(projections, torch.Tensor):
+            raise TypeError(
+                f"projections: expected a torch.Tensor, got {type(projections).__name__}"
+            )
+        scale = float(torch.quantile(fdk(projections.float(), geo).flatten()[::7], 0.999))
+        if not scale > 0:
+            raise ValueError("projections: the FDK reconstruction has no positive attenuation")
+        config = dataclasses.replace(
+            config,
+            field=dataclasses.replace(config.field, attenuation_bound=config.bound_factor * scale),
+            train=dataclasses.replace(config.train, volume_scale=scale),
+        )
+    field = HashGridField(geo, config.field)
+    trainer = Trainer(field, projections, geo, config.train, volume_gt, hooks, out_dir)
+    history = trainer.run()
+    history["config"] = dataclasses.asdict(config)
+    return trainer.volume(), history
+
+
+def plot_curves(history: dict[str, Any], path: str | Path) -> None:
+    """Write a PNG of the training loss and, when evaluated, PSNR/SSIM against iterations."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train, evaluation = history.get("train", {}), history.get("eval", {})
+    if not train.get("iteration"):
+        raise ValueError("history: has no training iterations to plot")
+    panels = 2 if evaluation.get("iteration") else 1
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.5), squeeze=False)
+    ax = axes[0, 0]
+    for name, values in train.items():
+        if name != "iteration":
+            ax.plot(train["iteration"], values, label=name, lw=1)
+    ax.set(
+        xlabel="iteration", ylabel="loss (normalised units)", yscale="log", title="training loss"
+    )
+    ax.legend(fontsize=7)
+    if panels == 2:
+        ax = axes[0, 1]
+        ax.plot(evaluation["iteration"], evaluation["psnr"], "o-", color="C0")
+        ax.set(xlabel="iteration", ylabel="PSNR (dB)", title="against the ground truth")
+        twin = ax.twinx()
+        twin.plot(evaluation["iteration"], evaluation["ssim"], "s--", color="C1")
+        twin.set_ylabel("SSIM3D", color="C1")
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
