@@ -171,9 +171,11 @@ def project_twin(
     shape_xyz = tuple(volume.shape[::-1])
     vec = torch.as_tensor(vectors, dtype=torch.float64, device=device)
     size = torch.as_tensor(voxel_size, dtype=torch.float64, device=device)
-    slabs = {k: _padded_slabs(volume, k) for k in range(3)}
+    slabs = {}  # padded copies of the dominant axes that occur
     out = torch.zeros(vectors.shape[0] * n_det[0] * n_det[1], dtype=dtype, device=device)
     for k, rays, s in _blocks(vec, n_det, parallel, shape_xyz, size, dtype):
+        if k not in slabs:
+            slabs[k] = _padded_slabs(volume, k)
         total = sum(slabs[k][i] * w for i, w in zip(s.index, s.weight, strict=True))
         out[rays] = total.sum(dim=1)
     return out.reshape(-1, *n_det)
@@ -202,18 +204,17 @@ def backproject_twin(
     shape_xyz = tuple(shape_zyx[::-1])
     vec = torch.as_tensor(vectors, dtype=torch.float64, device=device)
     size = torch.as_tensor(voxel_size, dtype=torch.float64, device=device)
-    padded = {}
-    for k in range(3):
-        slow, fast = IN_PLANE[k]
-        padded[k] = torch.zeros(
-            shape_xyz[k], shape_xyz[slow] + 2, shape_xyz[fast] + 2, dtype=dtype, device=device
-        )
+    padded = {}  # accumulators of the dominant axes that occur
     values = projections.reshape(-1)
     for k, rays, s in _blocks(vec, tuple(projections.shape[1:]), parallel, shape_xyz, size, dtype):
+        if k not in padded:
+            slow, fast = IN_PLANE[k]
+            shape = (shape_xyz[k], shape_xyz[slow] + 2, shape_xyz[fast] + 2)
+            padded[k] = torch.zeros(shape, dtype=dtype, device=device)
         target, value = padded[k].view(-1), values[rays][:, None]
         for i, w in zip(s.index, s.weight, strict=True):
             target.index_add_(0, i.reshape(-1), (w * value).reshape(-1))
     volume = torch.zeros(shape_zyx, dtype=dtype, device=device)
-    for k in range(3):
-        volume += padded[k][:, 1:-1, 1:-1].permute(INVERSE[k])
+    for k, slabs in padded.items():
+        volume += slabs[:, 1:-1, 1:-1].permute(INVERSE[k])
     return volume
