@@ -1,0 +1,38 @@
+"""The X-ray transform and the classical reconstructions built on it.
+
+- `project` / `backproject`: the cone/parallel-beam X-ray transform and its exact adjoint
+  (compiled CPU kernel, torch twin elsewhere); differentiable.
+- `fdk`: FDK (cone) / FBP (parallel) with TIGRE's filters.
+- `sart`, `os_sart`, `cgls`, `asd_pocs`: iterative baselines with TIGRE's defaults.
+- `add_tigre_noise`, `simulate_projections`: TIGRE's CTnoise model.
+"""
+
+from nr.ops.fdk import FILTERS, fdk
+from nr.ops.iterative import (
+    ASDPOCSConfig,
+    CGLSConfig,
+    SARTConfig,
+    asd_pocs,
+    cgls,
+    os_sart,
+    sart,
+)
+from nr.ops.noise import NoiseConfig, add_tigre_noise, simulate_projections
+from nr.ops.projector import backproject, project
+
+__all__ = [
+    "FILTERS",
+    "ASDPOCSConfig",
+    "CGLSConfig",
+    "NoiseConfig",
+    "SARTConfig",
+    "add_tigre_noise",
+    "asd_pocs",
+    "backproject",
+    "cgls",
+    "fdk",
+    "os_sart",
+    "project",
+    "sart",
+    "simulate_projections",
+]
