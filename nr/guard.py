@@ -12,17 +12,27 @@ with the current reconstruction's ``r_cur``. With ``ratio = r_ref / r_cur``:
 The residual is also computed per view; the worst view's ratio is used when it
 is larger, so that a structure inserted where only a few views see it is not
 averaged away. Every decision is kept (``decisions``) for the run's metrics.
+
+`GuardedHook` puts any prior's hook of `nr.train.Trainer` (SliceFixer,
+DiffusionBlend) behind the guard.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import math
+import time
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 
 from nr.geometry import ConeBeamGeometry
 from nr.ops.projector import project
+from nr.train import Hook, HookResult, Trainer
+
+LOG = logging.getLogger("nr")
 
 
 @dataclass(frozen=True)
@@ -138,3 +148,44 @@ class HallucinationGuard:
         decision = GuardDecision(iteration, r_ref, r_cur, ratio, factor, action, reason)
         self.decisions.append(decision)
         return decision
+
+
+class GuardedHook:
+    """Wraps a prior's hook: its pseudo-references pass the guard before they supervise the fit.
+
+    Keeps the wrapped hook's schedule (``every``, ``start``, ``loss_every``) and records, per
+    call, the prior's and the guard's wall time and the guard's decision (``calls``).
+    """
+
+    def __init__(self, hook: Hook, guard: HallucinationGuard) -> None:
+        self.hook = hook
+        self.guard = guard
+        self.every = hook.every
+        self.start = getattr(hook, "start", hook.every)
+        self.loss_every = getattr(hook, "loss_every", 1)
+        self.calls: list[dict[str, Any]] = []
+
+    def __call__(self, trainer: Trainer, iteration: int) -> HookResult | None:
+        started = time.perf_counter()
+        result = self.hook(trainer, iteration)
+        prior_seconds = time.perf_counter() - started
+        if result is None:
+            return None
+        decision = self.guard.check(result.reference, trainer.volume(), iteration)
+        LOG.info("guard: %s", decision.reason)
+        weight = result.weight * decision.weight_factor
+        self.calls.append({
+            "iteration": iteration, "prior_seconds": prior_seconds,
+            "guard_seconds": time.perf_counter() - started - prior_seconds,
+            "weight": weight, "guard": decision.to_dict(),
+        })
+        return dataclasses.replace(result, weight=weight)
+
+    def state_dict(self) -> dict[str, Any]:
+        inner = getattr(self.hook, "state_dict", None)
+        return {"calls": list(self.calls), "hook": inner() if inner else None}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.calls = list(state["calls"])
+        if state["hook"] is not None:
+            self.hook.load_state_dict(state["hook"])

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from nr.assets import asset_path
-from nr.guard import GuardConfig, HallucinationGuard
+from nr.guard import GuardConfig, GuardedHook, HallucinationGuard
 from nr.io import Scan
 from nr.ops.fdk import fdk
 from nr.train import HashGridReconConfig, plot_curves, reconstruct_hashgrid
@@ -55,7 +55,7 @@ def reconstruct(name: str, scan: Scan, config, out_dir: Path | None, hooks=()):
     return reconstruct_hashgrid(scan.projections, scan.geo, config, scan.volume_gt, out_dir, hooks)
 
 
-def build_hook(args: argparse.Namespace, scan: Scan, iterations: int, guard: HallucinationGuard):
+def build_hook(args: argparse.Namespace, scan: Scan, iterations: int):
     """The prior's hook, scheduled from `--start`/`--refresh` (fractions of the run)."""
     start = max(1, round(args.start * iterations))
     refresh = max(1, round(args.refresh * iterations))
@@ -63,19 +63,17 @@ def build_hook(args: argparse.Namespace, scan: Scan, iterations: int, guard: Hal
         from slicefixer.hook import SliceFixerHook, SliceFixerHookConfig
         from slicefixer.model import SliceFixer
 
-        checkpoint = args.checkpoint or asset_path("slicefixer-compact")
-        model = SliceFixer.from_pretrained(checkpoint)
+        model = SliceFixer.from_pretrained(args.checkpoint or asset_path("slicefixer-compact"))
         config = SliceFixerHookConfig(start=start, refresh=refresh, loss_every=args.loss_every,
-                                      weight=args.weight, axes=tuple(args.axes),
-                                      crop=args.crop)
-        return SliceFixerHook(model, scan.projections, scan.geo, config, guard), config
-    from nr.priors.blend_hook import DiffusionBlendHook, DiffusionBlendHookConfig
+                                      weight=args.weight, axes=tuple(args.axes), crop=args.crop)
+        return SliceFixerHook(model, scan.projections, scan.geo, config), config
+    from nr.priors.blend_hook import BlendHook, BlendHookConfig
+    from nr.priors.blend_model import BlendPrior
 
-    checkpoint = args.checkpoint or asset_path("diffusionblend-compact")
-    config = DiffusionBlendHookConfig(start=start, refresh=refresh, loss_every=args.loss_every,
-                                      weight=args.weight, crop=args.crop)
-    return DiffusionBlendHook.from_pretrained(checkpoint, scan.projections, scan.geo, config,
-                                              guard), config
+    model = BlendPrior.from_pretrained(args.checkpoint or asset_path("diffusionblend"))
+    config = BlendHookConfig(every=refresh, start=start, loss_every=args.loss_every,
+                             weight=args.weight, crop=args.crop, seed=args.seed)
+    return BlendHook(model, config), config
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -121,8 +119,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     iterations = config.train.iterations
     guard = HallucinationGuard(scan.projections, scan.geo,
                                GuardConfig(args.guard_accept, args.guard_reject))
-    hook, hook_config = (None, None) if args.prior == "none" else build_hook(
-        args, scan, iterations, guard)
+    hook, hook_config = None, None
+    if args.prior != "none":
+        prior, hook_config = build_hook(args, scan, iterations)
+        hook = GuardedHook(prior, guard)
     out.write_json("config.json", {
         "command": "pipelines.diffnr", "arguments": vars(args), "geometry": scan.geo.to_dict(),
         "scan": scan.metadata, "nr_config": config, "prior_config": hook_config,
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         started = time.perf_counter()
         volume, history = reconstruct(args.nr, scan, config, out.path / "diffnr", [hook])
         timings["diffnr"] = time.perf_counter() - started
-        timings["diffnr_prior"] = sum(c["repair_seconds"] for c in hook.calls)
+        timings["diffnr_prior"] = sum(c["prior_seconds"] for c in hook.calls)
         timings["diffnr_guard"] = sum(c["guard_seconds"] for c in hook.calls)
         results["diffnr"] = quality(volume, scan)
         shown[f"DiffNR ({args.nr} + {args.prior})"] = volume
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     metrics: dict[str, Any] = {"views": scan.geo.n_views, "nr": args.nr, "prior": args.prior,
                                **results, "timings_seconds": timings}
     if hook is not None:
-        metrics["guard"] = [c["guard"] for c in hook.calls if "guard" in c]
+        metrics["guard"] = [c["guard"] for c in hook.calls]
         metrics["prior_calls"] = hook.calls
     if "diffnr" in results and "nr_only" in results:
         metrics["difference"] = {

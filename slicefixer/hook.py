@@ -1,33 +1,28 @@
 """DiffNR's repair-and-augment step as a hook of `nr.train.Trainer`.
 
 From iteration ``start``, every ``refresh`` iterations: take the current volume,
-repair its slices with a SliceFixer (`repair_volume`, absolute scale kept),
-check the repaired volume against the measured projections
-(`nr.guard.HallucinationGuard`), and hand it to the trainer as the
-pseudo-reference of a ``weight * (1 - SSIM3D(reference, volume))`` loss added
-every ``loss_every`` iterations until the next refresh.
+repair its slices with a SliceFixer (`repair_volume`, absolute scale kept), and
+hand it to the trainer as the pseudo-reference of a loss
+``weight * (1 - SSIM3D(reference, volume))`` added every ``loss_every``
+iterations until the next refresh.
 
 The DiffNR release refreshes once (iteration 10k of 12k) with weight 1 and the
 loss every 10th iteration; the paper says "periodically", which this does.
+Wrap the hook in `nr.guard.GuardedHook` to check each pseudo-reference against
+the measured projections first.
 """
 
 from __future__ import annotations
 
-import logging
 import math
-import time
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
 from nr.geometry import ConeBeamGeometry
-from nr.guard import HallucinationGuard
 from nr.train import HookResult, Trainer
 from slicefixer.model import SliceFixer
 from slicefixer.repair import repair_volume
-
-LOG = logging.getLogger("nr")
 
 
 @dataclass(frozen=True)
@@ -43,6 +38,9 @@ class SliceFixerHookConfig:
         prompt: text prompt; None = the model's default prompt.
         batch_size: slices per SliceFixer call.
         crop: side of a random cubic crop for the SSIM term; None = the full volume (release).
+        window: intensity window mapped to the model's [-1, 1]: "model" (the range it was
+            trained on: volumes normalised to [0, 1]) or "scan" (0 to the trainer's
+            ``volume_scale``, for scans in other units).
     """
 
     start: int
@@ -53,8 +51,11 @@ class SliceFixerHookConfig:
     prompt: str | None = None
     batch_size: int = 16
     crop: int | None = None
+    window: str = "model"
 
     def __post_init__(self) -> None:
+        if self.window not in ("model", "scan"):
+            raise ValueError(f"window: expected 'model' or 'scan', got {self.window!r}")
         for name in ("start", "refresh", "loss_every", "batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -73,7 +74,6 @@ class SliceFixerHook:
         projections: (N, V, U) measured projections of `geo` (biplanar conditioning views).
         geo: the training scan.
         config: schedule and loss.
-        guard: checks each pseudo-reference against the data; None = no check.
     """
 
     def __init__(
@@ -82,7 +82,6 @@ class SliceFixerHook:
         projections: torch.Tensor,
         geo: ConeBeamGeometry,
         config: SliceFixerHookConfig,
-        guard: HallucinationGuard | None = None,
     ) -> None:
         if not isinstance(model, SliceFixer):
             raise TypeError(f"model: expected a SliceFixer, got {type(model).__name__}")
@@ -90,35 +89,15 @@ class SliceFixerHook:
         self.projections = projections.detach().float().cpu()
         self.geo = geo
         self.config = config
-        self.guard = guard
         self.every = config.refresh
         self.start = config.start
         self.loss_every = config.loss_every
-        self.calls: list[dict[str, Any]] = []
 
-    def __call__(self, trainer: Trainer, iteration: int) -> HookResult | None:
+    def __call__(self, trainer: Trainer, iteration: int) -> HookResult:
         c = self.config
-        started = time.perf_counter()
-        volume = trainer.volume()
+        window = (0.0, trainer.config.volume_scale) if c.window == "scan" else "model"
         reference = repair_volume(
-            self.model, volume, self.projections, self.geo, axes=c.axes, prompt=c.prompt,
-            batch_size=c.batch_size, window=(0.0, trainer.config.volume_scale),
+            self.model, trainer.volume(), self.projections, self.geo, axes=c.axes,
+            prompt=c.prompt, batch_size=c.batch_size, window=window,
         )
-        repaired = time.perf_counter()
-        weight = c.weight
-        record: dict[str, Any] = {"iteration": iteration}
-        if self.guard is not None:
-            decision = self.guard.check(reference, volume, iteration)
-            weight *= decision.weight_factor
-            record["guard"] = decision.to_dict()
-            LOG.info("guard: %s", decision.reason)
-        record.update(repair_seconds=repaired - started,
-                      guard_seconds=time.perf_counter() - repaired, weight=weight)
-        self.calls.append(record)
-        return HookResult(reference=reference, weight=weight, crop=c.crop)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"calls": list(self.calls)}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.calls = list(state["calls"])
+        return HookResult(reference=reference, weight=c.weight, crop=c.crop)
