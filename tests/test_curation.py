@@ -212,3 +212,20 @@ def test_cli_rejects_bad_options(inputs, tmp_path, capsys):
             main(["--volumes", str(inputs), "--out", str(tmp_path / "x"), *ARGS, *bad])
     assert not (tmp_path / "x").exists()
     assert "representation" in capsys.readouterr().err
+
+
+def test_neural_mix_one_to_one(inputs, tmp_path):
+    for name in ("hashgrid", "gaussians"):
+        try:
+            get_reconstructor(name)
+        except ImportError as error:
+            pytest.skip(f"{name} not available: {error}")
+    config = dataclasses.replace(CONFIG, views=(4,), representations=("hashgrid", "gaussians"),
+                                 mix=(1, 1), standard_iterations={"hashgrid": 2, "gaussians": 2},
+                                 axes=("z",))
+    manifest = curate([inputs / "head.npz"], tmp_path / "neural", config, workers=0,
+                      progress=False)
+    (entry,) = manifest["volumes"].values()
+    assert sorted(s["representation"] for s in entry["shards"]) == ["gaussians", "hashgrid"]
+    assert {s["iterations"] for s in entry["shards"]} == {1}
+    assert len(PairDataset(tmp_path / "neural", representations=["gaussians"])) > 0
