@@ -1,0 +1,248 @@
+"""The Gaussian model, its initialisation, density control and training through nr.train."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from nr.gaussians.density import DensityControl
+from nr.gaussians.init import InitConfig, initial_points, nearest_neighbour_scales
+from nr.gaussians.model import GaussianConfig, GaussianModel
+from nr.gaussians.recon import GaussianReconConfig, reconstruct_gaussians
+from nr.geometry import ConeBeamGeometry
+from nr.ops.projector import project as project_volume
+from nr.train import TrainConfig, Trainer
+
+
+def tiny_geometry(n: int = 16, views: int = 6, mode: str = "cone") -> ConeBeamGeometry:
+    return ConeBeamGeometry(
+        n_voxel=(n, n, n),
+        s_voxel=(64.0,) * 3,
+        n_detector=(n + 4, n + 8),
+        s_detector=(1.5 * 64 * (n + 4) / n, 1.5 * 64 * (n + 8) / n),
+        angles=np.linspace(0, 2 * np.pi, views, endpoint=False),
+        dso=300.0,
+        dsd=450.0,
+        mode=mode,
+    )
+
+
+def blob_volume(n: int = 16) -> torch.Tensor:
+    z, y, x = torch.meshgrid(*(torch.linspace(-1, 1, n),) * 3, indexing="ij")
+    inner = ((x / 0.6) ** 2 + (y / 0.45) ** 2 + (z / 0.5) ** 2) < 1
+    core = ((x - 0.15) ** 2 + y**2 + (z + 0.1) ** 2) < 0.2**2
+    return 0.5 * inner.float() + 0.4 * core.float()
+
+
+def tiny_model(geo, count=40, seed=0, control=None, **kwargs):
+    gen = torch.Generator().manual_seed(seed)
+    means = (torch.rand(count, 3, generator=gen) - 0.5) * 40.0
+    densities = torch.rand(count, generator=gen) * 0.3 + 0.05
+    scales = torch.rand(count, 3, generator=gen) * 3.0 + 2.0
+    quats = torch.randn(count, 4, generator=gen)
+    config = GaussianConfig(density_control=control, **kwargs)
+    return GaussianModel(geo, means, densities, scales, config, quats)
+
+
+@pytest.mark.parametrize("mode", ["cone", "parallel"])
+def test_projections_agree_with_the_projector_of_the_voxelised_model(mode):
+    """Same geometry conventions as nr.ops: Gaussians wide against the voxels."""
+    geo = tiny_geometry(32, views=3, mode=mode)
+    model = tiny_model(geo, count=12)
+    with torch.no_grad():
+        rendered = model.render_projections(geo, [0, 1, 2])
+        model.config = dataclasses.replace(model.config, cutoff=5.0)
+        reference = project_volume(model.to_volume(geo), geo)
+    error = (rendered - reference).abs().max() / reference.abs().max()
+    assert error < 0.05
+
+
+def test_query_box_is_a_crop_of_to_volume_and_checks_its_box():
+    geo = tiny_geometry()
+    model = tiny_model(geo)
+    volume = model.to_volume(geo)
+    crop = model.query_box(geo, (3, 5, 2), (8, 6, 10))
+    torch.testing.assert_close(crop, volume[3:11, 5:11, 2:12], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="outside the grid"):
+        model.query_box(geo, (10, 0, 0), (8, 8, 8))
+
+
+def test_initial_points_follow_r2_gaussian():
+    geo = tiny_geometry()
+    volume = blob_volume()
+    config = InitConfig(n_points=200, threshold=0.3, density_rescale=0.15)
+    means, densities, scales = initial_points(geo, config, volume, unit=1.0)
+    assert means.shape == (200, 3) and len(torch.unique(means, dim=0)) == 200
+    index = np.round((means.numpy() - geo.voxel_origin_xyz()) / geo.voxel_size_xyz()).astype(int)
+    values = volume.numpy()[index[:, 2], index[:, 1], index[:, 0]]
+    assert (values > 0.3).all()
+    np.testing.assert_allclose(densities.numpy(), 0.15 * values, rtol=1e-6)
+    np.testing.assert_allclose(
+        scales[:, 0].numpy(), nearest_neighbour_scales(means.numpy()), rtol=1e-6
+    )
+    distances = np.linalg.norm(means.numpy()[:, None] - means.numpy()[None], axis=-1)
+    np.fill_diagonal(distances, np.inf)
+    brute = np.sqrt(np.mean(np.sort(distances, axis=1)[:, :3] ** 2, axis=1))
+    np.testing.assert_allclose(scales[:, 0].numpy(), brute, rtol=1e-5)
+    random_means, _, _ = initial_points(geo, InitConfig(mode="random", n_points=100))
+    assert (random_means.abs() <= 32.0).all()
+    with pytest.raises(ValueError, match="threshold"):
+        initial_points(geo, config, volume * 0, unit=1.0)
+    with pytest.raises(ValueError, match="volume"):
+        initial_points(geo, config)
+
+
+def test_density_control_edits_the_optimizer_state_consistently():
+    geo = tiny_geometry()
+    control = DensityControl(
+        start=0, until=100, every=1, grad_threshold=1e-3, clone_scale=0.06, max_gaussians=1000
+    )
+    model = tiny_model(geo, count=40, control=control)
+    model.raw_densities.data[:3] = model.density_to_raw(torch.full((3,), 1e-7))  # to prune
+    params = list(model.parameters())
+    optimizer = torch.optim.Adam(model.param_groups(), eps=1e-15)
+    model.render_projections(geo, [0, 1]).square().sum().backward()
+    optimizer.step()
+    model.grad_sum = torch.linspace(0, 2e-3, 40)  # the upper half is densified
+    model.grad_count = torch.ones(40)
+    before = {
+        name: (p.detach().clone(), optimizer.state[p]["exp_avg"].clone())
+        for name, p in model.named_parameters()
+    }
+    large = model.scales.detach().amax(-1) > 0.06 * 64
+    selected = model.grad_sum >= 1e-3
+    clone, split = selected & ~large, selected & large
+    density = model.densities.detach().clone()
+    assert clone.any() and split.any()
+
+    control.densify_and_prune(model, optimizer)
+
+    held = [group["params"][0] for group in optimizer.param_groups]
+    assert [p is q for p, q in zip(model.parameters(), held, strict=True)] == [True] * 4
+    assert not any(p is q for p, q in zip(model.parameters(), params, strict=True))
+    assert len(optimizer.state) == 4
+    n_keep = 40 - 3 - int(split.sum())
+    expected = n_keep + int(clone.sum()) + 2 * int(split.sum())
+    assert model.count == expected and model.grad_sum.shape == (expected,)
+    for name, p in model.named_parameters():
+        state = optimizer.state[p]
+        assert state["exp_avg"].shape == p.shape == state["exp_avg_sq"].shape
+        kept = ~split
+        kept[:3] = False
+        old_value, old_moment = before[name]
+        if name != "raw_densities":
+            torch.testing.assert_close(p.detach()[:n_keep], old_value[kept])
+        torch.testing.assert_close(state["exp_avg"][:n_keep], old_moment[kept])
+        assert (state["exp_avg"][n_keep:] == 0).all() and (state["exp_avg_sq"][n_keep:] == 0).all()
+    kept_density = density[~split][3:]
+    kept_clone = clone[~split][3:]
+    new_density = model.densities.detach()
+    torch.testing.assert_close(new_density[:n_keep][kept_clone], kept_density[kept_clone] / 2)
+    n_clone = int(clone.sum())
+    torch.testing.assert_close(new_density[n_keep : n_keep + n_clone], density[clone] / 2)
+    torch.testing.assert_close(new_density[n_keep + n_clone :], density[split].repeat(2) / 2)
+    torch.testing.assert_close(
+        model.scales.detach()[n_keep + n_clone :],
+        before_scales(before, model)[split].repeat(2, 1) / 1.6,
+    )
+    model.render_projections(geo, [0]).sum().backward()
+    optimizer.step()  # the edited state is usable
+
+
+def before_scales(before, model):
+    s_lo, s_hi = model.scale_bounds
+    return s_lo + (s_hi - s_lo) * torch.sigmoid(before["raw_scales"][0])
+
+
+def test_density_control_respects_the_cap_and_prunes_outside_the_box():
+    geo = tiny_geometry()
+    control = DensityControl(start=0, until=100, every=1, grad_threshold=1e-3, max_gaussians=45)
+    model = tiny_model(geo, count=40, control=control)
+    model.raw_means.data[0] = torch.tensor([100.0, 0.0, 0.0])
+    optimizer = torch.optim.Adam(model.param_groups())
+    model.grad_sum, model.grad_count = torch.ones(40), torch.ones(40)
+    control.densify_and_prune(model, optimizer)
+    assert 40 <= model.count + 1 <= 45 and (model.means.abs() <= 32).all()
+    with pytest.raises(ValueError, match="optimizer"):
+        control.densify_and_prune(model, torch.optim.Adam(model.parameters()))
+
+
+def test_state_dict_round_trip_across_a_change_of_size():
+    geo = tiny_geometry()
+    big, small = tiny_model(geo, count=50, seed=1), tiny_model(geo, count=30)
+    small.load_state_dict(big.state_dict())
+    assert small.count == 50
+    torch.testing.assert_close(small.render_projections(geo, [1]), big.render_projections(geo, [1]))
+
+
+class CrashOnce:
+    """A hook that raises once at `at`, as a killed run would stop there."""
+
+    def __init__(self, at):
+        self.every, self.start, self.at, self.fired = 1, 1, at, False
+
+    def __call__(self, trainer, iteration):
+        if iteration == self.at and not self.fired:
+            self.fired = True
+            raise KeyboardInterrupt
+
+
+def test_training_resumes_exactly_while_the_number_of_gaussians_changes(tmp_path):
+    geo = tiny_geometry(views=4)
+    projections = project_volume(blob_volume(), geo)
+    control = DensityControl(start=1, until=8, every=2, grad_threshold=0.0, max_gaussians=120)
+    config = GaussianReconConfig(
+        init=InitConfig(n_points=40, threshold=0.2),
+        model=GaussianConfig(density_control=control),
+        train=TrainConfig(
+            iterations=6, views_per_iteration=2, checkpoint_every=3, progress=False, eval_every=0
+        ),
+    )
+    reference, history = reconstruct_gaussians(projections, geo, config, out_dir=tmp_path / "a")
+    assert history["gaussians"] > 40
+    hook = CrashOnce(at=5)
+    with pytest.raises(KeyboardInterrupt):
+        reconstruct_gaussians(projections, geo, config, out_dir=tmp_path / "b", hooks=[hook])
+    state = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
+    assert state["iteration"] == 3
+    resumed, _ = reconstruct_gaussians(
+        projections, geo, config, out_dir=tmp_path / "b", hooks=[hook]
+    )
+    torch.testing.assert_close(resumed, reference, rtol=1e-5, atol=1e-6)
+
+
+def test_training_lowers_the_loss_and_trains_every_parameter():
+    geo = tiny_geometry(views=8)
+    volume = blob_volume()
+    projections = project_volume(volume, geo)
+    means, densities, scales = initial_points(geo, InitConfig(n_points=150, threshold=0.2), volume)
+    model = GaussianModel(geo, means, densities * 0.5, scales, GaussianConfig())
+    start = {name: p.detach().clone() for name, p in model.named_parameters()}
+    trainer = Trainer(
+        model,
+        projections,
+        geo,
+        TrainConfig(iterations=30, progress=False, eval_every=0, lambda_tv=0.05, tv_crop=8),
+    )
+    history = trainer.run()
+    losses = history["train"]["projection"]
+    assert np.mean(losses[-5:]) < 0.9 * np.mean(losses[:5])
+    for name, p in model.named_parameters():
+        assert not torch.equal(p.detach(), start[name]), name
+
+
+def test_bad_inputs_raise_clear_errors():
+    geo = tiny_geometry()
+    with pytest.raises(ValueError, match="scales"):
+        GaussianModel(geo, torch.zeros(2, 3), torch.ones(2), -torch.ones(2, 3))
+    with pytest.raises(ValueError, match="densities"):
+        GaussianModel(geo, torch.zeros(2, 3), torch.ones(3), torch.ones(2, 3))
+    with pytest.raises(ValueError, match="scale_min"):
+        GaussianConfig(scale_min=0.6)
+    with pytest.raises(ValueError, match="split_count"):
+        DensityControl(split_count=1)
+    with pytest.raises(ValueError, match="mode"):
+        InitConfig(mode="fdk")
+    with pytest.raises(ValueError, match="projections"):
+        reconstruct_gaussians(torch.zeros(3, 4, 4), geo)
