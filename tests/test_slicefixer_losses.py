@@ -55,12 +55,12 @@ def test_discriminator_step_reduces_its_loss():
     prediction, target = _pair()
     smooth = F.avg_pool2d(target, 5, 1, 2)
     optimizer = torch.optim.Adam(loss.discriminator_parameters(), lr=1e-3)
-    first = float(loss.discriminator_loss(prediction, smooth))
+    first = float(loss.discriminator_loss(prediction, smooth).detach())
     for _ in range(20):
         optimizer.zero_grad()
         loss.discriminator_loss(prediction, smooth).backward()
         optimizer.step()
-    assert float(loss.discriminator_loss(prediction, smooth)) < first
+    assert float(loss.discriminator_loss(prediction, smooth).detach()) < first
 
 
 @pytest.mark.parametrize("kind,real,fake,generator", [
