@@ -459,9 +459,10 @@ class HashGridReconConfig:
         field: the hash-grid field.
         train: the loop.
         auto_scale: set ``train.volume_scale`` to the 99.9th percentile of an
-            FDK reconstruction of the projections and ``field.attenuation_bound``
-            to ``bound_factor`` times it (the resolved values are in the
-            returned history's "config").
+            FDK reconstruction of the projections, ``field.attenuation_bound``
+            to ``bound_factor`` times it and ``field.initial_attenuation`` to the
+            FDK volume's mean (clipped to [0.01, 0.5] of the bound); the
+            resolved values are in the returned history's "config".
         bound_factor: headroom of the field's output range over the scale.
     """
 
@@ -500,12 +501,17 @@ def reconstruct_hashgrid(
             raise TypeError(
                 f"projections: expected a torch.Tensor, got {type(projections).__name__}"
             )
-        scale = float(torch.quantile(fdk(projections.float(), geo).flatten()[::7], 0.999))
+        volume = fdk(projections.float(), geo).flatten()[::7]
+        scale = float(torch.quantile(volume, 0.999))
         if not scale > 0:
             raise ValueError("projections: the FDK reconstruction has no positive attenuation")
+        bound = config.bound_factor * scale
+        initial = min(max(float(volume.clamp(min=0).mean()), 0.01 * bound), 0.5 * bound)
         config = dataclasses.replace(
             config,
-            field=dataclasses.replace(config.field, attenuation_bound=config.bound_factor * scale),
+            field=dataclasses.replace(
+                config.field, attenuation_bound=bound, initial_attenuation=initial
+            ),
             train=dataclasses.replace(config.train, volume_scale=scale),
         )
     field = HashGridField(geo, config.field)

@@ -67,6 +67,21 @@ def test_voxel_volume_projected_matches_the_voxel_renderer():
         )
 
 
+def test_coarse_to_fine_phase_renders_a_coarser_grid_then_the_grid():
+    geo = _geo()
+    field = _field(geo, coarse_iterations=3, coarse_factor=2)
+    coarse = geo.with_volume((8, 8, 8))
+    with torch.no_grad():
+        torch.testing.assert_close(
+            field.render_projections(geo, [0]), project(field.to_volume(coarse), coarse, [0])
+        )
+        field.after_step(3, None)
+        assert int(field.state_dict()["steps"]) == 3
+        torch.testing.assert_close(
+            field.render_projections(geo, [0]), project(field.to_volume(geo), geo, [0])
+        )
+
+
 def test_ray_renderer_agrees_with_voxel_renderer_on_a_smooth_field():
     """Both integrate the same field: on a smooth field they agree to a few percent."""
     geo = _geo(24, 2)
@@ -151,6 +166,17 @@ def test_same_seed_same_field_and_state_dict_round_trip():
     torch.testing.assert_close(a.to_volume(geo), c.to_volume(geo))
 
 
+def test_initial_attenuation_makes_a_constant_field():
+    geo = _geo()
+    field = _field(geo, attenuation_bound=2.0, initial_attenuation=0.3)
+    with torch.no_grad():
+        volume = field.to_volume(geo)
+    torch.testing.assert_close(volume, torch.full_like(volume, 0.3))
+    volume = field.to_volume(geo)
+    volume.sum().backward()
+    assert field.layers[-1].weight.grad.abs().sum() > 0
+
+
 def test_bad_config_is_rejected():
     with pytest.raises(ValueError, match="rendering"):
         FieldConfig(rendering="splat")
@@ -158,6 +184,8 @@ def test_bad_config_is_rejected():
         FieldConfig(n_layers=3, skips=(3,))
     with pytest.raises(ValueError, match="attenuation_bound"):
         FieldConfig(attenuation_bound=0.0)
+    with pytest.raises(ValueError, match="initial_attenuation"):
+        FieldConfig(attenuation_bound=1.0, initial_attenuation=1.0)
     with pytest.raises(TypeError, match="geo"):
         HashGridField("geo", FieldConfig())
 
