@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from slicefixer.conditioning import biplanar_view_ids
+from slicefixer.losses import LossConfig, SliceFixerLoss
 from slicefixer.model import UNET_LORA_TARGETS, VAE_LORA_TARGETS, SliceFixer
 from slicefixer.presets import build_components, compact_config, tiny_config
 
@@ -85,6 +86,26 @@ def test_skip_convs_start_near_zero_and_match_widths(tiny):
     assert tiny.scheduler.timesteps.tolist() == [999]
 
 
+def test_two_training_steps_update_the_model():
+    torch.manual_seed(0)
+    tiny = SliceFixer.from_config(tiny_config())
+    images, xrays = _inputs()
+    target = images.flip(-1)
+    loss = SliceFixerLoss(LossConfig())
+    before = {n: p.detach().clone() for n, p in tiny.named_parameters() if p.requires_grad}
+    optimizer = torch.optim.AdamW([p for p in tiny.parameters() if p.requires_grad], lr=1e-3)
+    for _ in range(2):
+        optimizer.zero_grad()
+        total, terms = loss.generator_loss(tiny(images, xrays, [tiny.config.default_prompt] * 2),
+                                           target, [tiny.config.default_prompt] * 2)
+        total.backward()
+        optimizer.step()
+        assert all(torch.isfinite(torch.tensor(v)) for v in terms.values())
+    changed = [n for n, p in tiny.named_parameters() if p.requires_grad
+               and not torch.equal(p.detach(), before[n])]
+    assert len(changed) == len(before)
+
+
 def test_compact_preset_is_small_fully_trainable_and_runs_at_128():
     model = SliceFixer.from_config(compact_config())
     parameters = list(model.parameters())
@@ -101,14 +122,19 @@ def test_save_load_gives_identical_outputs(tiny, tmp_path):
     images, xrays = _inputs()
     prompts = [tiny.config.prompts[1]] * 2
     with torch.no_grad():
-        for parameter in tiny.skip_convs.parameters():
-            parameter.add_(0.01)  # move away from the initial state that a fresh model shares
+        # Move the parts a fresh model would share (skip init, LoRA B = 0) off their init.
+        for name, parameter in tiny.named_parameters():
+            if name.startswith("skip_convs.") or "lora_B" in name:
+                parameter.add_(0.01 * torch.randn_like(parameter))
         expected = tiny(images, xrays, prompts)
     tiny.save_pretrained(tmp_path / "ckpt")
     loaded = SliceFixer.from_pretrained(tmp_path / "ckpt")
     with torch.no_grad():
         assert torch.equal(loaded(images, xrays, prompts), expected)
     assert loaded.config == tiny.config
+    reference = tiny.state_dict()
+    for name, tensor in loaded.state_dict().items():
+        assert torch.equal(tensor, reference[name]), name
     assert (tmp_path / "ckpt" / "unet_lora" / "adapter_config.json").is_file()
     fresh = SliceFixer.from_config(tiny_config())
     with torch.no_grad():
