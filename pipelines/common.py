@@ -22,6 +22,7 @@ from nr.io import Scan, Volume, load_scan, normalize_minmax, scan_from_volume, w
 from nr.metrics import psnr3d, ssim3d
 from nr.ops.noise import NoiseConfig
 from nr.ops.projector import project
+from nr.train import HashGridReconConfig, reconstruct_hashgrid
 from nr.viz import save_montage
 
 LOG = logging.getLogger("nr")
@@ -160,3 +161,27 @@ def caption(metrics: Mapping[str, float]) -> str:
     if "psnr" in metrics:
         return f"PSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.3f}"
     return f"residual {metrics['data_residual']:.3f}"
+
+
+def nr_config(name: str, iterations: int | None, seed: int):
+    """The default configuration of a neural representation ("gaussians" or "hashgrid"),
+    with the loop seeded by `seed`."""
+    if name == "gaussians":
+        from nr.gaussians.recon import GaussianReconConfig
+
+        config = GaussianReconConfig.default(iterations)
+    else:
+        config = HashGridReconConfig()
+    train = config.train if iterations is None else dataclasses.replace(
+        config.train, iterations=iterations)
+    return dataclasses.replace(config, train=dataclasses.replace(train, seed=seed))
+
+
+def reconstruct(name: str, scan: Scan, config, out_dir: Path | None, hooks=()):
+    """Fit the representation `name` to `scan`; returns (volume, history)."""
+    if name == "gaussians":
+        from nr.gaussians.recon import reconstruct_gaussians
+
+        return reconstruct_gaussians(scan.projections, scan.geo, config, scan.volume_gt,
+                                     out_dir, hooks)
+    return reconstruct_hashgrid(scan.projections, scan.geo, config, scan.volume_gt, out_dir, hooks)

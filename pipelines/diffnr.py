@@ -17,7 +17,6 @@ same settings and seed and reports the difference.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -29,30 +28,19 @@ from nr.assets import asset_path
 from nr.guard import GuardConfig, GuardedHook, HallucinationGuard
 from nr.io import Scan
 from nr.ops.fdk import fdk
-from nr.train import HashGridReconConfig, plot_curves, reconstruct_hashgrid
-from pipelines.common import LOG, RunFolder, add_scan_arguments, caption, quality, resolve_scan
+from nr.train import plot_curves
+from pipelines.common import (
+    LOG,
+    RunFolder,
+    add_scan_arguments,
+    caption,
+    nr_config,
+    quality,
+    reconstruct,
+    resolve_scan,
+)
 
 PRIORS = ("slicefixer", "diffusionblend", "none")
-
-
-def nr_config(name: str, iterations: int | None, seed: int):
-    """The NR's default configuration (the same for DiffNR and its NR-only baseline)."""
-    if name == "gaussians":
-        from nr.gaussians.recon import GaussianReconConfig
-
-        config = GaussianReconConfig.default(iterations)
-    else:
-        config = HashGridReconConfig.default(iterations)
-    return dataclasses.replace(config, train=dataclasses.replace(config.train, seed=seed))
-
-
-def reconstruct(name: str, scan: Scan, config, out_dir: Path | None, hooks=()):
-    if name == "gaussians":
-        from nr.gaussians.recon import reconstruct_gaussians
-
-        return reconstruct_gaussians(scan.projections, scan.geo, config, scan.volume_gt,
-                                     out_dir, hooks)
-    return reconstruct_hashgrid(scan.projections, scan.geo, config, scan.volume_gt, out_dir, hooks)
 
 
 def build_hook(args: argparse.Namespace, scan: Scan, iterations: int):

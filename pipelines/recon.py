@@ -29,7 +29,17 @@ from nr.ops.iterative import (
     os_sart,
     sart,
 )
-from pipelines.common import LOG, RunFolder, add_scan_arguments, caption, quality, resolve_scan
+from nr.train import plot_curves
+from pipelines.common import (
+    LOG,
+    RunFolder,
+    add_scan_arguments,
+    caption,
+    nr_config,
+    quality,
+    reconstruct,
+    resolve_scan,
+)
 
 CLASSICAL = ("fdk", "sart", "ossart", "cgls", "asd_pocs")
 NEURAL = ("hashgrid", "gaussians")
@@ -54,21 +64,6 @@ def classical_method(name: str, filter_name: str) -> tuple[Callable[[Scan], torc
     raise ValueError(f"method: expected one of {CLASSICAL + NEURAL}, got {name!r}")
 
 
-def neural_method(name: str, iterations: int | None, out: RunFolder):
-    """The reconstruction function of a neural representation and its configuration."""
-    if name == "hashgrid":
-        from nr.fields.recon import HashGridReconConfig, reconstruct_hashgrid
-
-        config = HashGridReconConfig.default(iterations)
-        return (
-            lambda scan: reconstruct_hashgrid(scan, config, out_dir=out.path)
-        ), config
-    from nr.gaussians.recon import GaussianReconConfig, reconstruct_gaussians
-
-    config = GaussianReconConfig.default(iterations)
-    return (lambda scan: reconstruct_gaussians(scan, config, out_dir=out.path)), config
-
-
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m pipelines.recon", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -76,7 +71,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--filter", default="ram_lak", choices=FILTERS,
                         help="FDK ramp-filter window (default ram_lak)")
     parser.add_argument("--iterations", type=int, default=None,
-                        help="neural methods: training iterations (default: the method's)")
+                        help="neural methods: training iterations (default: the method's CPU "
+                        "default); checkpoints in DIR/training resume an interrupted run")
     add_scan_arguments(parser, default_views=50)
     args = parser.parse_args(argv)
 
@@ -85,10 +81,16 @@ def main(argv: list[str] | None = None) -> dict:
     scan = resolve_scan(args.input, args.views, args.noise, args.seed)
     LOG.info("scan: %d views of %s, volume %s", scan.geo.n_views,
              "x".join(map(str, scan.geo.n_detector)), "x".join(map(str, scan.geo.n_voxel)))
+    history = None
     if args.method in CLASSICAL:
         run, config = classical_method(args.method, args.filter)
     else:
-        run, config = neural_method(args.method, args.iterations, out)
+        config = nr_config(args.method, args.iterations, args.seed)
+
+        def run(scan: Scan) -> torch.Tensor:
+            nonlocal history
+            volume, history = reconstruct(args.method, scan, config, out.path / "training")
+            return volume
     out.write_json("config.json", {
         "method": args.method, "input": args.input, "views": args.views, "noise": args.noise,
         "seed": args.seed, "geometry": scan.geo.to_dict(), "scan": scan.metadata,
@@ -105,6 +107,8 @@ def main(argv: list[str] | None = None) -> dict:
     shown = {} if scan.volume_gt is None else {"ground truth": scan.volume_gt}
     shown[args.method] = volume
     out.write_montage(shown, captions={args.method: caption(metrics)})
+    if history is not None:
+        plot_curves(history, out.path / "curves.png")
     return metrics
 
 

@@ -37,3 +37,12 @@ def test_recon_rejects_a_bad_input(tmp_path):
     with pytest.raises(ValueError, match="bad.npy"):
         recon.main([str(bad), "--method", "fdk", "--out", str(tmp_path / "out")])
     assert not (tmp_path / "out" / "volume.nii.gz").exists()
+
+
+@pytest.mark.parametrize("method", ["gaussians", "hashgrid"])
+def test_recon_neural_methods_train_and_plot(small_volume, tmp_path, method):
+    out = tmp_path / method
+    metrics = recon.main([str(small_volume), "--method", method, "--views", "8", "--iterations",
+                          "6", "--noise", "none", "--out", str(out)])
+    assert (out / "curves.png").is_file() and (out / "volume.nii.gz").is_file()
+    assert np.isfinite(metrics["psnr"])
