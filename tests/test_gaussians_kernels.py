@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from nr._ext import compiled
-from nr.gaussians.projection import Cameras, covariances, precisions, project
+from nr.gaussians.projection import Cameras, covariances, precisions, project, project_torch
 from nr.gaussians.rasterize import rasterize, rasterize_torch
 from nr.gaussians.voxelize import voxelize, voxelize_torch
 from nr.geometry import ConeBeamGeometry
@@ -68,6 +68,34 @@ def test_rasterize_kernel_equals_twin_forward_and_backward(mode):
     for grad, expected in zip(grads, twin_grads, strict=True):
         torch.testing.assert_close(
             grad, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item()
+        )
+
+
+@needs_kernel
+@pytest.mark.parametrize("mode", ["cone", "parallel"])
+def test_project_kernel_equals_twin_forward_and_backward(mode):
+    geo = small_geometry(mode)
+    cams = Cameras.from_geometry(geo)
+    means, scales, quats, rho = random_gaussians(64)
+    means = means.clone()
+    means[0] = torch.tensor([250.0, 0.0, 0.0])  # behind the source at angle 0.3: inert
+    inputs = [t.detach().requires_grad_() for t in (means, scales, quats, rho)]
+    twin_inputs = [t.detach().requires_grad_() for t in (means, scales, quats, rho)]
+    out = project(*inputs, cams, backend="compiled")
+    twin = project_torch(*twin_inputs, cams)
+    assert (out[2][:, 0] == 0).any() == (mode == "cone")
+    cotangents = [torch.randn_like(t) for t in twin]
+    for got, expected in zip(out, twin, strict=True):
+        torch.testing.assert_close(
+            got, expected, rtol=1e-4, atol=1e-5 * expected.abs().max().item()
+        )
+    loss = sum((o * c).sum() for o, c in zip(out, cotangents, strict=True))
+    twin_loss = sum((o * c).sum() for o, c in zip(twin, cotangents, strict=True))
+    grads = torch.autograd.grad(loss, inputs)
+    twin_grads = torch.autograd.grad(twin_loss, twin_inputs)
+    for grad, expected in zip(grads, twin_grads, strict=True):
+        torch.testing.assert_close(
+            grad, expected, rtol=1e-3, atol=1e-4 * expected.abs().max().item()
         )
 
 
@@ -162,8 +190,9 @@ def test_gradcheck_float64_through_projection_and_kernel(mode):
     scales = scales.clamp(min=2.0)
     height, width = (int(n) for n in geo.n_detector)
 
-    def render(m, s, q, r):
-        return rasterize(*project(m, s, q, r, cams), height, width, backend="compiled")
+    def render(m, s, q, r):  # both compiled kernels: projection and rasterization
+        projected = project(m, s, q, r, cams, backend="compiled")
+        return rasterize(*projected, height, width, backend="compiled")
 
     inputs = [t.detach().requires_grad_() for t in (means, scales, quats, rho)]
     assert torch.autograd.gradcheck(render, inputs, eps=1e-6, atol=1e-6, rtol=1e-4)

@@ -9,7 +9,7 @@ its kernels do not depend on the training loop.
 from nr.gaussians.density import DensityControl
 from nr.gaussians.init import InitConfig, initial_points
 from nr.gaussians.model import GaussianConfig, GaussianModel
-from nr.gaussians.projection import Cameras, project
+from nr.gaussians.projection import Cameras, project, project_torch
 from nr.gaussians.rasterize import rasterize, rasterize_torch
 from nr.gaussians.voxelize import voxelize, voxelize_torch
 
@@ -21,6 +21,7 @@ __all__ = [
     "InitConfig",
     "initial_points",
     "project",
+    "project_torch",
     "rasterize",
     "rasterize_torch",
     "voxelize",

@@ -216,7 +216,12 @@ class GaussianModel(nn.Module):
             geo.subset(view_ids), self.raw_means.dtype, self.raw_means.device
         )
         means2d, conics, amps = project(
-            self.means, self.scales, self.quaternions, self.densities, cameras
+            self.means,
+            self.scales,
+            self.quaternions,
+            self.densities,
+            cameras,
+            self.config.backend,
         )
         if self.training and means2d.requires_grad:
             means2d.retain_grad()

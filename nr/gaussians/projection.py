@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from nr._ext import require_compiled, use_compiled
 from nr.geometry import ConeBeamGeometry
 
 
@@ -129,14 +130,16 @@ def precisions(scales: torch.Tensor, quaternions: torch.Tensor) -> torch.Tensor:
     return full[:, [0, 0, 0, 1, 1, 2], [0, 1, 2, 1, 2, 2]]
 
 
-def project(
+def project_torch(
     means: torch.Tensor,
     scales: torch.Tensor,
     quaternions: torch.Tensor,
     densities: torch.Tensor,
     cameras: Cameras,
 ) -> tuple[torch.Tensor, ...]:
-    """Project 3D Gaussians into every view of `cameras` (EWA with the integration factor).
+    """Readable pure-torch twin of the compiled projection (any device; autograd).
+
+    Gaussians behind a cone-beam source are inert: zero amplitude and no gradient.
 
     Args:
         means: (G, 3) centres (x, y, z), mm.
@@ -157,6 +160,7 @@ def project(
         depth = (rel * rows[:, None, 2]).sum(-1)
         in_front = depth > 0
         depth = torch.where(in_front, depth, torch.ones_like(depth))
+        rel = torch.where(in_front[..., None], rel, rel.detach())
         uv = torch.einsum("ngk,nik->ngi", rel, rows[:, :2]) / depth[..., None]
         # d(uv)/dx = (P_i - uv_i * normal) / depth; d(l)/dx = unit vector from the source.
         jac_uv = (rows[:, None, :2] - uv[..., None] * rows[:, None, 2:3]) / depth[..., None, None]
@@ -171,8 +175,77 @@ def project(
     det2 = cov2[..., 0, 0] * cov2[..., 1, 1] - cov2[..., 0, 1] * cov2[..., 1, 0]
     conics = torch.stack([cov2[..., 1, 1], -cov2[..., 0, 1], cov2[..., 0, 0]], dim=-1)
     conics = conics / det2[..., None]
+    conics = torch.where(in_front[..., None], conics, conics.detach())
     # det(S3) = det(J)^2 det(Sigma) and sqrt(det Sigma) = s1 s2 s3.
     mu = math.sqrt(2 * math.pi) * torch.linalg.det(jacobian).abs() * scales.prod(-1)
     mu = mu / det2.sqrt()
     amps = torch.where(in_front, densities * mu, torch.zeros_like(mu))
     return means2d, conics, amps
+
+
+class _Project(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, means, covs, weights, source, rows, offset, cone):  # noqa: D102
+        ctx.save_for_backward(means, covs, weights, source, rows, offset)
+        ctx.cone = cone
+        return tuple(
+            require_compiled("gaussians").project_forward(
+                means, covs, weights, source, rows, offset, cone
+            )
+        )
+
+    @staticmethod
+    def backward(ctx, grad_means2d, grad_conics, grad_amps):  # noqa: D102
+        grads = require_compiled("gaussians").project_backward(
+            *ctx.saved_tensors, ctx.cone, grad_means2d, grad_conics, grad_amps
+        )
+        return (*grads, None, None, None, None)
+
+
+def project(
+    means: torch.Tensor,
+    scales: torch.Tensor,
+    quaternions: torch.Tensor,
+    densities: torch.Tensor,
+    cameras: Cameras,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, ...]:
+    """Project 3D Gaussians into every view of `cameras` (EWA with the integration factor).
+
+    The per-Gaussian terms (covariance, ``rho sqrt(2 pi) s1 s2 s3``) are torch; the
+    per-(view, Gaussian) work runs in the compiled kernel on CPU (`backend` as in
+    `nr._ext.use_compiled`), in `project_torch` otherwise.
+
+    Args:
+        means: (G, 3) centres (x, y, z), mm.
+        scales: (G, 3) standard deviations along the rotated axes, mm.
+        quaternions: (G, 4) rotations (w, x, y, z).
+        densities: (G,) peak densities.
+        cameras: N views.
+        backend: "auto", "compiled" or "torch".
+
+    Returns:
+        means2d (N, G, 2) pixel coordinates (u, v); conics (N, G, 3) inverse 2D
+        covariances [a, b, c]; amps (N, G) peak line integrals rho * mu (0 for
+        Gaussians behind a cone-beam source).
+    """
+    tensors = (means, scales, quaternions, densities, cameras.rows)
+    for name, tensor in zip(("means", "scales", "quaternions", "densities"), tensors, strict=False):
+        if not isinstance(tensor, torch.Tensor) or tensor.dtype != cameras.rows.dtype:
+            raise TypeError(f"{name}: expected a {cameras.rows.dtype} tensor like the cameras")
+    count = means.shape[0]
+    for name, tensor, shape in (
+        ("means", means, (count, 3)),
+        ("scales", scales, (count, 3)),
+        ("quaternions", quaternions, (count, 4)),
+        ("densities", densities, (count,)),
+    ):
+        if tuple(tensor.shape) != shape:
+            raise ValueError(f"{name}: expected shape {shape}, got {tuple(tensor.shape)}")
+    if not use_compiled("gaussians", backend, *tensors):
+        return project_torch(means, scales, quaternions, densities, cameras)
+    covs = covariances(scales, quaternions)[:, [0, 0, 0, 1, 1, 2], [0, 1, 2, 1, 2, 2]]
+    weights = densities * math.sqrt(2 * math.pi) * scales.prod(-1)
+    return _Project.apply(
+        means, covs, weights, cameras.source, cameras.rows, cameras.offset, cameras.mode == "cone"
+    )

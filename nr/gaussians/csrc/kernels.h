@@ -1,4 +1,4 @@
-// Compiled CPU kernels of nr.gaussians: X-ray rasterization and voxelization of Gaussians.
+// Compiled CPU kernels of nr.gaussians: X-ray projection, rasterization and voxelization of Gaussians.
 #pragma once
 
 #include <torch/extension.h>
@@ -24,5 +24,15 @@ std::vector<torch::Tensor> voxelize_backward(const torch::Tensor& means, const t
                                              const torch::Tensor& densities, const torch::Tensor& grad_volume,
                                              const std::vector<double>& origin,
                                              const std::vector<double>& spacing, double cutoff);
+
+std::vector<torch::Tensor> project_forward(const torch::Tensor& means, const torch::Tensor& covs,
+                                           const torch::Tensor& weights, const torch::Tensor& sources,
+                                           const torch::Tensor& rows, const torch::Tensor& offsets, bool cone);
+
+std::vector<torch::Tensor> project_backward(const torch::Tensor& means, const torch::Tensor& covs,
+                                            const torch::Tensor& weights, const torch::Tensor& sources,
+                                            const torch::Tensor& rows, const torch::Tensor& offsets, bool cone,
+                                            const torch::Tensor& grad_means2d, const torch::Tensor& grad_conics,
+                                            const torch::Tensor& grad_amps);
 
 }  // namespace nr_gaussians
