@@ -4,6 +4,8 @@ slice (B, 1, H, W) in [-1, 1] --VAE encoder--> latent (posterior mean x scaling 
   --UNet at t = 999, conditioned on fused prompt/X-ray tokens--> prediction
   --DDPMScheduler.step (one step, set_timesteps(1)) --> x0 latent
   --VAE decoder, plus 1x1 skip convs from the encoder's down-block inputs--> slice, clamped.
+With ``config.residual`` the decoded image is a correction added to the input slice (the
+decoder's last conv starts at zero: an untrained model is the identity).
 
 Channels: a 3-channel VAE (SD-Turbo) gets the grayscale slice repeated to 3 channels and its
 output is the mean of the 3 channels; a 1-channel VAE (compact) is used as is.
@@ -75,6 +77,9 @@ class SliceFixer(nn.Module):
         )
         for conv in self.skip_convs:
             nn.init.constant_(conv.weight, config.skip_init)
+        if config.residual:
+            nn.init.zeros_(self.vae.decoder.conv_out.weight)
+            nn.init.zeros_(self.vae.decoder.conv_out.bias)
         if config.lora_rank_unet:
             self.unet.add_adapter(self._lora(config.lora_rank_unet, UNET_LORA_TARGETS))
         if config.lora_rank_vae:
@@ -188,8 +193,10 @@ class SliceFixer(nn.Module):
                               dtype=torch.long)
         prediction = self.unet(latent, timestep, encoder_hidden_states=condition).sample
         clean = self.scheduler.step(prediction, self.config.timestep, latent).pred_original_sample
-        decoded = self._decode(clean, skips).clamp(-1.0, 1.0)
-        return decoded.mean(dim=1, keepdim=True)
+        decoded = self._decode(clean, skips).mean(dim=1, keepdim=True)
+        if self.config.residual:
+            decoded = images + decoded
+        return decoded.clamp(-1.0, 1.0)
 
     def forward(self, images: torch.Tensor, xrays: torch.Tensor,
                 prompts: Sequence[str]) -> torch.Tensor:

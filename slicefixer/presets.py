@@ -79,6 +79,10 @@ class SliceFixerConfig:
         xray_std: std dividing them (RAD-DINO's processor: 0.2583).
         intensity_window: (low, high) attenuation range the model was trained on; ``repair_volume``
             maps it affinely to [-1, 1] and back (default for volumes normalised to [0, 1]).
+        residual: the output is the input slice plus the decoded correction, and the decoder's
+            last conv starts at zero, so an untrained model returns its input (compact: a model
+            trained from scratch on a CPU starts from the identity instead of from noise, as the
+            pilot's residual UNet of ANCHORS.md section 9; SD-Turbo's pix2pix-turbo: False).
         sources: for weights loaded from pretrained folders: {"sd_turbo": ..., "rad_dino": ...}
             (local folders or hub ids); None when every weight lives in the checkpoint.
     """
@@ -105,6 +109,7 @@ class SliceFixerConfig:
     xray_mean: float = 0.5307
     xray_std: float = 0.2583
     intensity_window: tuple[float, float] = (0.0, 1.0)
+    residual: bool = False
     sources: dict | None = None
 
     def __post_init__(self) -> None:
@@ -177,7 +182,7 @@ def compact_config() -> SliceFixerConfig:
     return SliceFixerConfig(
         preset="compact", resolution=128, unet=unet, vae=vae, scheduler=dict(SCHEDULER_CONFIG),
         xray_encoder=xray, text="table", prompt_tokens=8, fusion_heads=8, lora_rank_unet=0,
-        lora_rank_vae=0, train_base=True, xray_mean=0.5, xray_std=0.25,
+        lora_rank_vae=0, train_base=True, xray_mean=0.5, xray_std=0.25, residual=True,
     )
 
 

@@ -190,3 +190,20 @@ def test_biplanar_views_nearest_0_and_90_degrees():
     assert biplanar_view_ids([0.3, 1.4, 3.0, 6.2]) == (3, 1)
     with pytest.raises(ValueError, match="angles"):
         biplanar_view_ids([0.0])
+
+
+def test_residual_model_starts_as_the_identity_and_learns_a_correction():
+    import dataclasses
+
+    torch.manual_seed(0)
+    model = SliceFixer.from_config(dataclasses.replace(tiny_config(), residual=True))
+    images, xrays = _inputs()
+    torch.testing.assert_close(model(images, xrays, [model.config.default_prompt] * 2), images)
+    target = images * 0.5
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(3):
+        loss = torch.mean((model(images, xrays, [model.config.default_prompt] * 2) - target) ** 2)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert not torch.allclose(model(images, xrays, [model.config.default_prompt] * 2), images)
