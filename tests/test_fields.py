@@ -71,10 +71,14 @@ def test_coarse_to_fine_phase_renders_a_coarser_grid_then_the_grid():
     geo = _geo()
     field = _field(geo, coarse_iterations=3, coarse_factor=2)
     coarse = geo.with_volume((8, 8, 8))
+    # TINY has levels of 4, 8 and 16 cells: the 16-cell level is finer than the 8^3 grid.
+    assert field.coarse_mask.tolist() == [1.0, 1.0, 1.0, 1.0, 0.0, 0.0]
     with torch.no_grad():
-        torch.testing.assert_close(
-            field.render_projections(geo, [0]), project(field.to_volume(coarse), coarse, [0])
-        )
+        masked = field.render_projections(geo, [0])
+        torch.testing.assert_close(masked, project(field.to_volume(coarse), coarse, [0]))
+        table = field.encoding.table
+        table[TINY.offsets()[2] :] += 5.0  # only the masked level changes
+        torch.testing.assert_close(field.render_projections(geo, [0]), masked)
         field.after_step(3, None)
         assert int(field.state_dict()["steps"]) == 3
         torch.testing.assert_close(

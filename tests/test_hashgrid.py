@@ -1,5 +1,7 @@
 """The compiled hash-encoding kernel against its torch twin, and the encoding's semantics."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -42,12 +44,14 @@ def test_layout_dense_then_hashed():
 
 @needs_kernel
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_kernel_equals_twin_forward_and_backward(dtype):
+@pytest.mark.parametrize("features", [2, 3])  # the kernel's unrolled F = 2 path and its general one
+def test_kernel_equals_twin_forward_and_backward(dtype, features):
+    config = dataclasses.replace(SMALL, features_per_level=features)
     generator = torch.Generator().manual_seed(0)
     points = _points(300, dtype, generator)
-    table = _table(SMALL, dtype, generator).requires_grad_()
-    fast = hash_encode(points, table, SMALL, backend="compiled")
-    slow = hash_encode(points, table, SMALL, backend="torch")
+    table = _table(config, dtype, generator).requires_grad_()
+    fast = hash_encode(points, table, config, backend="compiled")
+    slow = hash_encode(points, table, config, backend="torch")
     tol = 1e-6 if dtype == torch.float32 else 1e-12
     torch.testing.assert_close(fast, slow, rtol=tol, atol=tol)
     cotangent = torch.randn(fast.shape, generator=generator, dtype=dtype)

@@ -245,6 +245,7 @@ def test_reconstruct_hashgrid_and_plot_curves(tmp_path):
     scale = history["config"]["train"]["volume_scale"]
     assert 0.5 < scale < 1.5  # the phantom's maximum is 1
     assert history["config"]["field"]["attenuation_bound"] == pytest.approx(2.0 * scale)
+    assert history["config"]["field"]["coarse_iterations"] == 5  # 90% of 6 iterations
     assert list((tmp_path / "tensorboard").iterdir())
     plot_curves(history, tmp_path / "curves.png")
     assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"

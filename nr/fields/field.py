@@ -65,10 +65,11 @@ class FieldConfig:
             FDK reconstruction), which saves many iterations.
         rendering: "voxel" or "rays" (module docstring).
         n_samples: samples per ray of the "rays" renderer (NAF: 192).
-        coarse_iterations: the "voxel" renderer evaluates the field on a grid
-            `coarse_factor` times coarser (same box) during the first
-            `coarse_iterations` optimiser steps (coarse-to-fine: each early
-            step costs about coarse_factor^3 times less); 0 disables it.
+        coarse_iterations: during the first `coarse_iterations` optimiser steps
+            the "voxel" renderer evaluates the field on a grid `coarse_factor`
+            times coarser (same box), each step costing about coarse_factor^3
+            times less, and the encoding levels finer than that grid are masked
+            (set to zero) so that they cannot alias; 0 disables this phase.
         coarse_factor: the downsampling of the coarse phase.
         chunk_size: points per field evaluation; larger grids are evaluated in
             chunks and, under autograd, re-computed in the backward pass
@@ -185,6 +186,12 @@ class HashGridField(nn.Module):
         self.register_buffer("box_size", torch.tensor(box_size, dtype=torch.float32))
         # Optimiser steps taken (drives the coarse-to-fine phase; saved with the state).
         self.register_buffer("steps", torch.zeros((), dtype=torch.int64))
+        coarse_cells = int(max(geo.n_voxel)) // config.coarse_factor
+        kept = [r <= coarse_cells for r in config.encoding.resolutions()]
+        mask = torch.tensor(kept, dtype=torch.float32).repeat_interleave(
+            config.encoding.features_per_level
+        )
+        self.register_buffer("coarse_mask", mask, persistent=False)
 
     # ----------------------------------------------------------------- queries
     def _linear(self, i: int, x: torch.Tensor, encoded: torch.Tensor) -> torch.Tensor:
@@ -196,9 +203,14 @@ class HashGridField(nn.Module):
         x = torch.addmm(layer.bias, x, layer.weight[:, in_dim:].t())
         return x.addmm_(encoded, layer.weight[:, :in_dim].t())
 
+    def _coarse_phase(self) -> bool:
+        return self.training and int(self.steps) < self.config.coarse_iterations
+
     def _density_unit(self, unit: torch.Tensor) -> torch.Tensor:
         """(N,) attenuation at (N, 3) unit-cube points (the MLP of NAF)."""
         encoded = self.encoding(unit)
+        if self._coarse_phase():
+            encoded = encoded * self.coarse_mask
         x = encoded
         for i in range(len(self.layers) - 1):
             x = nn.functional.leaky_relu_(self._linear(i, x, encoded))
@@ -282,7 +294,7 @@ class HashGridField(nn.Module):
         """(len(view_ids), V, U) line integrals of the views `view_ids` of `geo`; differentiable."""
         if self.config.rendering == "rays":
             return self.render_rays(geo, view_ids)
-        if self.training and int(self.steps) < self.config.coarse_iterations:
+        if self._coarse_phase():
             coarse = np.maximum(geo.n_voxel // self.config.coarse_factor, 1)
             geo = geo.with_volume(coarse)
         return project(self.to_volume(geo), geo, list(view_ids))

@@ -119,27 +119,21 @@ def hash_encode_torch(
     """
     x = points.clamp(0.0, 1.0)
     offsets = config.offsets()
-    corners = torch.tensor(
-        [[(c >> d) & 1 for d in range(3)] for c in range(8)], device=points.device
-    )  # (8, 3) bit d of corner c selects the upper vertex along axis d
+    # (8, 3): bit d of corner c selects the upper vertex along axis d
+    corners = torch.tensor([[(c >> d) & 1 for d in range(3)] for c in range(8)], device=x.device)
+    upper = corners.bool()
     levels = []
     for level, resolution in enumerate(config.resolutions()):
         position = x * resolution
         cell = position.floor().clamp(max=resolution - 1)
         frac = position - cell
-        cell = cell.long()
-        feature = torch.zeros(
-            points.shape[0], table.shape[1], dtype=table.dtype, device=table.device
-        )
-        for c in range(8):
-            upper = corners[c].bool()
-            w = torch.where(upper, frac, 1.0 - frac)
-            weight = w[:, 0] * w[:, 1] * w[:, 2]
-            rows = offsets[level] + _vertex_rows(
-                cell + corners[c], resolution, offsets[level + 1] - offsets[level]
-            )
-            feature = feature + weight[:, None] * table[rows]
-        levels.append(feature)
+        vertices = cell.long()[:, None, :] + corners  # (N, 8, 3)
+        w = torch.where(upper, frac[:, None, :], 1.0 - frac[:, None, :])  # (N, 8, 3)
+        weights = w[..., 0] * w[..., 1] * w[..., 2]  # (N, 8)
+        size = offsets[level + 1] - offsets[level]
+        rows = _vertex_rows(vertices.reshape(-1, 3), resolution, size).reshape(-1, 8)
+        level_table = table[offsets[level] : offsets[level + 1]]
+        levels.append((weights[..., None] * level_table[rows]).sum(dim=1))  # (N, F)
     return torch.stack(levels, dim=1)
 
 

@@ -82,9 +82,11 @@ inline void corners(const scalar_t* p, const Level& level, int64_t rows[8], scal
 }
 
 // Level-major work items keep one level's rows hot in the cache; `out` is (L, N, F).
-template <typename scalar_t>
+// kF > 0 fixes the feature count at compile time (unrolled inner loops); 0 reads `f`.
+template <typename scalar_t, int kF>
 void forward_loop(const scalar_t* pts, const scalar_t* tab, scalar_t* out,
-                  const std::vector<Level>& levels, int64_t n, int64_t f) {
+                  const std::vector<Level>& levels, int64_t n, int64_t runtime_f) {
+  const int64_t f = kF > 0 ? kF : runtime_f;
   const int64_t n_levels = levels.size();
   const int64_t n_blocks = (n + kBlock - 1) / kBlock;
 #pragma omp parallel for schedule(static)
@@ -105,11 +107,12 @@ void forward_loop(const scalar_t* pts, const scalar_t* tab, scalar_t* out,
   }
 }
 
-// d(out)/d(table) from `grad` (L, N, F): one thread per level, so that the scatter is race-free and its
-// summation order (point order) is fixed: the result is deterministic.
-template <typename scalar_t>
+// d(out)/d(table) from `grad` (L, N, F): one thread per level, so that the scatter is
+// race-free and its summation order (point order) is fixed: the result is deterministic.
+template <typename scalar_t, int kF>
 void backward_loop(const scalar_t* grad, const scalar_t* pts, scalar_t* grad_table,
-                   const std::vector<Level>& levels, int64_t n, int64_t f) {
+                   const std::vector<Level>& levels, int64_t n, int64_t runtime_f) {
+  const int64_t f = kF > 0 ? kF : runtime_f;
   const int64_t n_levels = levels.size();
 #pragma omp parallel for schedule(dynamic, 1)
   for (int64_t l = 0; l < n_levels; ++l) {
@@ -144,8 +147,9 @@ torch::Tensor forward(torch::Tensor points, torch::Tensor table, torch::Tensor o
   const int64_t n = points.size(0), n_levels = levels.size(), f = table.size(1);
   auto out = torch::empty({n_levels, n, f}, table.options());
   AT_DISPATCH_FLOATING_TYPES(table.scalar_type(), "hash_encode_forward", [&] {
-    forward_loop<scalar_t>(points.data_ptr<scalar_t>(), table.data_ptr<scalar_t>(),
-                           out.data_ptr<scalar_t>(), levels, n, f);
+    const auto loop = f == 2 ? forward_loop<scalar_t, 2> : forward_loop<scalar_t, 0>;
+    loop(points.data_ptr<scalar_t>(), table.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(),
+         levels, n, f);
   });
   return out;
 }
@@ -163,8 +167,9 @@ torch::Tensor backward(torch::Tensor grad_out, torch::Tensor points, torch::Tens
   const int64_t n = points.size(0), f = grad_out.size(2);
   auto grad_table = torch::zeros({n_rows, f}, grad_out.options());
   AT_DISPATCH_FLOATING_TYPES(grad_out.scalar_type(), "hash_encode_backward", [&] {
-    backward_loop<scalar_t>(grad_out.data_ptr<scalar_t>(), points.data_ptr<scalar_t>(),
-                            grad_table.data_ptr<scalar_t>(), levels, n, f);
+    const auto loop = f == 2 ? backward_loop<scalar_t, 2> : backward_loop<scalar_t, 0>;
+    loop(grad_out.data_ptr<scalar_t>(), points.data_ptr<scalar_t>(),
+         grad_table.data_ptr<scalar_t>(), levels, n, f);
   });
   return grad_table;
 }
