@@ -42,8 +42,9 @@ def _large_components(mask: np.ndarray, min_voxels: int) -> np.ndarray:
     return keep[labels]
 
 
-def segment(volume: np.ndarray, low: float, high: float,
-            config: SegmentationConfig = SegmentationConfig()) -> dict[str, np.ndarray]:
+def segment(
+    volume: np.ndarray, low: float, high: float, config: SegmentationConfig = SegmentationConfig()
+) -> dict[str, np.ndarray]:
     """Masks {"dense", "air"} of a (Z, Y, X) volume normalised by (low, high)."""
     if volume.ndim != 3:
         raise ValueError(f"volume: expected (Z, Y, X), got shape {volume.shape}")
@@ -53,14 +54,18 @@ def segment(volume: np.ndarray, low: float, high: float,
     dense = _large_components(normalised > config.dense_threshold, config.min_voxels)
     air = normalised < config.air_threshold
     labels, _ = ndimage.label(air)
-    border = np.unique(np.concatenate([
-        labels[[0, -1]].ravel(), labels[:, [0, -1]].ravel(), labels[:, :, [0, -1]].ravel()]))
+    border = np.unique(
+        np.concatenate(
+            [labels[[0, -1]].ravel(), labels[:, [0, -1]].ravel(), labels[:, :, [0, -1]].ravel()]
+        )
+    )
     inner_air = air & ~np.isin(labels, border[border > 0])
     return {"dense": dense, "air": _large_components(inner_air, config.min_voxels)}
 
 
-def score(mask_gt: np.ndarray, mask_pred: np.ndarray,
-          spacing: tuple[float, float, float]) -> dict[str, float]:
+def score(
+    mask_gt: np.ndarray, mask_pred: np.ndarray, spacing: tuple[float, float, float]
+) -> dict[str, float]:
     """Dice and average symmetric surface distance (mm; NaN when a mask is empty)."""
     dice = float(surface_distance.compute_dice_coefficient(mask_gt, mask_pred))
     if not mask_gt.any() or not mask_pred.any():
@@ -70,8 +75,12 @@ def score(mask_gt: np.ndarray, mask_pred: np.ndarray,
     return {"dice": dice, "asd_mm": float((gt_to_pred + pred_to_gt) / 2)}
 
 
-def compare(volume_gt: np.ndarray, volume: np.ndarray, spacing: tuple[float, float, float],
-            config: SegmentationConfig = SegmentationConfig()) -> dict[str, dict[str, float]]:
+def compare(
+    volume_gt: np.ndarray,
+    volume: np.ndarray,
+    spacing: tuple[float, float, float],
+    config: SegmentationConfig = SegmentationConfig(),
+) -> dict[str, dict[str, float]]:
     """Segment ground truth and reconstruction the same way and score each structure."""
     low, high = float(volume_gt.min()), float(volume_gt.max())
     masks_gt = segment(volume_gt, low, high, config)

@@ -209,7 +209,11 @@ class ConeBeamGeometry:
     def voxel_centres(self, axis: int) -> np.ndarray:
         """World coordinates (mm) of the voxel centres along array axis 0 (z), 1 (y) or 2 (x)."""
         n = int(self.n_voxel[axis])
-        return -self.s_voxel[axis] / 2 + (np.arange(n) + 0.5) * self.d_voxel[axis] + self.off_origin[axis]
+        return (
+            -self.s_voxel[axis] / 2
+            + (np.arange(n) + 0.5) * self.d_voxel[axis]
+            + self.off_origin[axis]
+        )
 
     def view_vectors(self) -> np.ndarray:
         """Per-view ray geometry in world coordinates (x, y, z), mm.
@@ -327,8 +331,12 @@ class ConeBeamGeometry:
             s_voxel=None if get("sVoxel") is None else np.asarray(get("sVoxel")).reshape(-1),
             d_voxel=None if get("dVoxel") is None else np.asarray(get("dVoxel")).reshape(-1),
             n_detector=np.asarray(get("nDetector")).reshape(-1),
-            s_detector=None if get("sDetector") is None else np.asarray(get("sDetector")).reshape(-1),
-            d_detector=None if get("dDetector") is None else np.asarray(get("dDetector")).reshape(-1),
+            s_detector=None
+            if get("sDetector") is None
+            else np.asarray(get("sDetector")).reshape(-1),
+            d_detector=None
+            if get("dDetector") is None
+            else np.asarray(get("dDetector")).reshape(-1),
             off_origin=np.asarray(get("offOrigin", (0, 0, 0))).reshape(-1),
             off_detector=np.asarray(get("offDetector", (0, 0))).reshape(-1),
             rot_detector=np.asarray(get("rotDetector", (0, 0, 0))).reshape(-1),

@@ -99,7 +99,10 @@ class HallucinationGuard:
     ) -> None:
         if not isinstance(geo, ConeBeamGeometry):
             raise TypeError(f"geo: expected a ConeBeamGeometry, got {type(geo).__name__}")
-        if not isinstance(projections, torch.Tensor) or tuple(projections.shape) != geo.projection_shape:
+        if (
+            not isinstance(projections, torch.Tensor)
+            or tuple(projections.shape) != geo.projection_shape
+        ):
             raise ValueError(
                 f"projections: expected a tensor of shape {geo.projection_shape}, got "
                 f"{getattr(projections, 'shape', type(projections).__name__)}"
@@ -117,11 +120,15 @@ class HallucinationGuard:
                 f"volume: expected shape {self.geo.volume_shape}, got {tuple(volume.shape)}"
             )
         difference = project(volume.detach().float().cpu(), self.geo) - self.projections
-        per_view = difference.flatten(1).norm(dim=1) / self.projections.flatten(1).norm(dim=1).clamp_min(1e-12)
+        per_view = difference.flatten(1).norm(dim=1) / self.projections.flatten(1).norm(
+            dim=1
+        ).clamp_min(1e-12)
         total = float(difference.norm() / self.projections.norm().clamp_min(1e-12))
         return total, per_view
 
-    def check(self, reference: torch.Tensor, current: torch.Tensor, iteration: int) -> GuardDecision:
+    def check(
+        self, reference: torch.Tensor, current: torch.Tensor, iteration: int
+    ) -> GuardDecision:
         """Judge `reference` against the data, relative to the `current` reconstruction."""
         c = self.config
         r_ref, views_ref = self.residuals(reference)
@@ -174,11 +181,15 @@ class GuardedHook:
         decision = self.guard.check(result.reference, trainer.volume(), iteration)
         LOG.info("guard: %s", decision.reason)
         weight = result.weight * decision.weight_factor
-        self.calls.append({
-            "iteration": iteration, "prior_seconds": prior_seconds,
-            "guard_seconds": time.perf_counter() - started - prior_seconds,
-            "weight": weight, "guard": decision.to_dict(),
-        })
+        self.calls.append(
+            {
+                "iteration": iteration,
+                "prior_seconds": prior_seconds,
+                "guard_seconds": time.perf_counter() - started - prior_seconds,
+                "weight": weight,
+                "guard": decision.to_dict(),
+            }
+        )
         return dataclasses.replace(result, weight=weight)
 
     def state_dict(self) -> dict[str, Any]:

@@ -27,7 +27,9 @@ def _as_tensor(name: str, value: torch.Tensor | np.ndarray) -> torch.Tensor:
     if isinstance(value, np.ndarray):
         value = torch.from_numpy(np.ascontiguousarray(value))
     if not isinstance(value, torch.Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor or numpy array, got {type(value).__name__}")
+        raise TypeError(
+            f"{name}: expected a torch.Tensor or numpy array, got {type(value).__name__}"
+        )
     if not value.is_floating_point():
         value = value.float()
     return value
@@ -53,7 +55,9 @@ def ssim2d(pred, gt, data_range: float = 1.0) -> torch.Tensor:
     """SSIM of each image of a (B, H, W) batch; returns (B,). Images need H, W >= 11."""
     pred, gt = _pair(pred, gt, 3)
     if min(pred.shape[-2:]) < WINDOW:
-        raise ValueError(f"pred: images must be at least {WINDOW}x{WINDOW}, got {tuple(pred.shape)}")
+        raise ValueError(
+            f"pred: images must be at least {WINDOW}x{WINDOW}, got {tuple(pred.shape)}"
+        )
     return _msssim_ssim(
         pred.unsqueeze(1),
         gt.unsqueeze(1),

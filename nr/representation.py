@@ -23,13 +23,11 @@ class Representation(Protocol):
     order; projections (N, V, U) float32 line integrals.
     """
 
-    def render_projections(
-        self, geo: ConeBeamGeometry, view_ids: Sequence[int]
-    ) -> torch.Tensor:
+    def render_projections(self, geo: ConeBeamGeometry, view_ids: Sequence[int]) -> torch.Tensor:
         """(len(view_ids), V, U) projections of the views `view_ids` of `geo`; differentiable."""
 
     def to_volume(self, geo: ConeBeamGeometry) -> torch.Tensor:
-        """(Z, Y, X) volume on the voxel grid of `geo`; differentiable; memory bounded by chunking."""
+        """(Z, Y, X) volume on the voxel grid of `geo`; differentiable; chunked (bounded memory)."""
 
     def query_box(
         self, geo: ConeBeamGeometry, start: Sequence[int], size: Sequence[int]

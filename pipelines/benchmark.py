@@ -56,11 +56,15 @@ def write_section(topic: str, title: str, command: str, body: str, doc: Path = D
     start, end = f"<!-- {topic}:start -->", f"<!-- {topic}:end -->"
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     section = (
-        f"{start}\n## {title}\n\nCommand: `{command}`  \nRun: {stamp} on {machine_description()}\n\n"
-        f"{body.strip()}\n{end}"
+        f"{start}\n## {title}\n\nCommand: `{command}`  \n"
+        f"Run: {stamp} on {machine_description()}\n\n{body.strip()}\n{end}"
     )
     pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
-    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section + "\n"
+    text = (
+        pattern.sub(lambda _: section, text)
+        if pattern.search(text)
+        else text.rstrip() + "\n\n" + section + "\n"
+    )
     doc.parent.mkdir(parents=True, exist_ok=True)
     tmp = doc.with_suffix(".md.tmp")
     tmp.write_text(text, encoding="utf-8")
@@ -69,10 +73,18 @@ def write_section(topic: str, title: str, command: str, body: str, doc: Path = D
 
 def main(argv: list[str] | None = None) -> None:
     names = available_topics()
-    parser = argparse.ArgumentParser(prog="python -m pipelines.benchmark", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("topics", nargs="+", choices=names, metavar="TOPIC",
-                        help=f"one or more of: {', '.join(names)}")
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.benchmark",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "topics",
+        nargs="+",
+        choices=names,
+        metavar="TOPIC",
+        help=f"one or more of: {', '.join(names)}",
+    )
     parser.add_argument("--quick", action="store_true", help="smaller sizes (smoke run)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs untouched")
     args = parser.parse_args(argv)

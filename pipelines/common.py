@@ -31,17 +31,27 @@ LOG = logging.getLogger("nr")
 def add_scan_arguments(parser: argparse.ArgumentParser, default_views: int = 25) -> None:
     """The INPUT and scan options shared by the reconstruction commands."""
     parser.add_argument(
-        "input", nargs="?", default=None,
+        "input",
+        nargs="?",
+        default=None,
         help="an R2-Gaussian case folder, a NAF .pickle, a scan folder/.npz (projections + "
         "geometry.json), or a volume (.nii/.nii.gz/.mhd/.nrrd/.npy/.npz/DICOM folder) whose "
         "projections are simulated; default: the embedded head phantom (128^3)",
     )
-    parser.add_argument("--views", type=int, default=default_views,
-                        help=f"number of projections (default {default_views}); for a measured "
-                        "scan, evenly spaced views are taken from its training views")
-    parser.add_argument("--noise", choices=["tigre", "none"], default="tigre",
-                        help="noise of simulated projections: TIGRE's Poisson I0=1e5 + Gaussian "
-                        "(0, 10) (default), or none")
+    parser.add_argument(
+        "--views",
+        type=int,
+        default=default_views,
+        help=f"number of projections (default {default_views}); for a measured "
+        "scan, evenly spaced views are taken from its training views",
+    )
+    parser.add_argument(
+        "--noise",
+        choices=["tigre", "none"],
+        default="tigre",
+        help="noise of simulated projections: TIGRE's Poisson I0=1e5 + Gaussian "
+        "(0, 10) (default), or none",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of noise and training")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
 
@@ -49,7 +59,9 @@ def add_scan_arguments(parser: argparse.ArgumentParser, default_views: int = 25)
 def _subset_views(scan: Scan, views: int) -> Scan:
     if views >= scan.geo.n_views:
         if views > scan.geo.n_views:
-            LOG.warning("--views %d: the scan has only %d views; using all", views, scan.geo.n_views)
+            LOG.warning(
+                "--views %d: the scan has only %d views; using all", views, scan.geo.n_views
+            )
         return scan
     ids = np.round(np.linspace(0, scan.geo.n_views, views, endpoint=False)).astype(np.int64)
     return dataclasses.replace(
@@ -68,8 +80,12 @@ def resolve_scan(input_path: str | None, views: int, noise: str, seed: int) -> S
         raise ValueError(f"--views: expected a positive number of views, got {views!r}")
     noise_config: bool | NoiseConfig = noise == "tigre"
     if input_path is None:
-        volume = Volume(embedded_volume(), spacing=(2.0, 2.0, 2.0), units="normalized",
-                        source="assets/head_phantom")
+        volume = Volume(
+            embedded_volume(),
+            spacing=(2.0, 2.0, 2.0),
+            units="normalized",
+            source="assets/head_phantom",
+        )
         scan = scan_from_volume(volume, embedded_geometry(views), noise=noise_config, seed=seed)
         scan.metadata["source"] = "embedded TIGRE head phantom (assets/head_phantom)"
         return scan
@@ -128,8 +144,9 @@ class RunFolder:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         LOG.addHandler(handler)
         LOG.setLevel(logging.INFO)
-        if not any(isinstance(h, logging.StreamHandler) and h.stream is sys.stderr
-                   for h in LOG.handlers):
+        if not any(
+            isinstance(h, logging.StreamHandler) and h.stream is sys.stderr for h in LOG.handlers
+        ):
             LOG.addHandler(logging.StreamHandler(sys.stderr))
         LOG.info("command: %s", " ".join([os.path.basename(sys.executable)] + sys.argv))
 
@@ -140,16 +157,22 @@ class RunFolder:
         tmp.replace(path)
         return path
 
-    def write_volume(self, volume: torch.Tensor, geo: ConeBeamGeometry,
-                     name: str = "volume.nii.gz") -> Path:
+    def write_volume(
+        self, volume: torch.Tensor, geo: ConeBeamGeometry, name: str = "volume.nii.gz"
+    ) -> Path:
         data = volume.detach().cpu().float().numpy()
         spacing = tuple(float(d) for d in geo.d_voxel)
-        write_nifti(Volume(np.ascontiguousarray(data), spacing=spacing, units="1/mm"),
-                    self.path / name)
+        write_nifti(
+            Volume(np.ascontiguousarray(data), spacing=spacing, units="1/mm"), self.path / name
+        )
         return self.path / name
 
-    def write_montage(self, volumes: Mapping[str, torch.Tensor], name: str = "montage.png",
-                      captions: Mapping[str, str] | None = None) -> Path:
+    def write_montage(
+        self,
+        volumes: Mapping[str, torch.Tensor],
+        name: str = "montage.png",
+        captions: Mapping[str, str] | None = None,
+    ) -> Path:
         return save_montage(volumes, self.path / name, captions=captions)
 
     @property
@@ -172,8 +195,11 @@ def nr_config(name: str, iterations: int | None, seed: int):
         config = GaussianReconConfig.default(iterations)
     else:
         config = HashGridReconConfig()
-    train = config.train if iterations is None else dataclasses.replace(
-        config.train, iterations=iterations)
+    train = (
+        config.train
+        if iterations is None
+        else dataclasses.replace(config.train, iterations=iterations)
+    )
     return dataclasses.replace(config, train=dataclasses.replace(train, seed=seed))
 
 
@@ -182,6 +208,7 @@ def reconstruct(name: str, scan: Scan, config, out_dir: Path | None, hooks=()):
     if name == "gaussians":
         from nr.gaussians.recon import reconstruct_gaussians
 
-        return reconstruct_gaussians(scan.projections, scan.geo, config, scan.volume_gt,
-                                     out_dir, hooks)
+        return reconstruct_gaussians(
+            scan.projections, scan.geo, config, scan.volume_gt, out_dir, hooks
+        )
     return reconstruct_hashgrid(scan.projections, scan.geo, config, scan.volume_gt, out_dir, hooks)

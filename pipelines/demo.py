@@ -24,8 +24,10 @@ def main(argv: list[str] | None = None) -> None:
     else:
         from pipelines import recon
 
-        print("demo: the DiffNR pipeline is not available in this version; running the best "
-              f"available reconstruction (ASD-POCS) on the embedded scan -> {out}")
+        print(
+            "demo: the DiffNR pipeline is not available in this version; running the best "
+            f"available reconstruction (ASD-POCS) on the embedded scan -> {out}"
+        )
         recon.main(["--method", "asd_pocs", "--views", "25", "--out", str(out)])
     print(f"demo: done in {time.perf_counter() - started:.0f} s; outputs in {out}/")
 

@@ -52,48 +52,107 @@ def build_hook(args: argparse.Namespace, scan: Scan, iterations: int):
         from slicefixer.model import SliceFixer
 
         model = SliceFixer.from_pretrained(args.checkpoint or asset_path("slicefixer-compact"))
-        config = SliceFixerHookConfig(start=start, refresh=refresh, loss_every=args.loss_every,
-                                      weight=args.weight, axes=tuple(args.axes), crop=args.crop)
+        config = SliceFixerHookConfig(
+            start=start,
+            refresh=refresh,
+            loss_every=args.loss_every,
+            weight=args.weight,
+            axes=tuple(args.axes),
+            crop=args.crop,
+        )
         return SliceFixerHook(model, scan.projections, scan.geo, config), config
     from nr.priors.blend_hook import BlendHook, BlendHookConfig
     from nr.priors.blend_model import BlendPrior
 
     model = BlendPrior.from_pretrained(args.checkpoint or asset_path("diffusionblend"))
-    config = BlendHookConfig(every=refresh, start=start, loss_every=args.loss_every,
-                             weight=args.weight, crop=args.crop, seed=args.seed)
+    config = BlendHookConfig(
+        every=refresh,
+        start=start,
+        loss_every=args.loss_every,
+        weight=args.weight,
+        crop=args.crop,
+        seed=args.seed,
+    )
     return BlendHook(model, config), config
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.diffnr", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.diffnr",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_scan_arguments(parser, default_views=25)
-    parser.add_argument("--nr", choices=["gaussians", "hashgrid"], default="gaussians",
-                        help="neural representation (default gaussians)")
+    parser.add_argument(
+        "--nr",
+        choices=["gaussians", "hashgrid"],
+        default="gaussians",
+        help="neural representation (default gaussians)",
+    )
     parser.add_argument("--prior", choices=PRIORS, default="slicefixer")
-    parser.add_argument("--checkpoint", type=Path, default=None,
-                        help="prior checkpoint folder (default: the compact one in assets/)")
-    parser.add_argument("--iterations", type=int, default=None,
-                        help="NR iterations (default: the representation's CPU default)")
-    parser.add_argument("--start", type=float, default=0.5,
-                        help="first pseudo-reference, as a fraction of the run (default 0.5)")
-    parser.add_argument("--refresh", type=float, default=0.125,
-                        help="iterations between pseudo-references, as a fraction of the run "
-                        "(default 0.125)")
-    parser.add_argument("--loss-every", type=int, default=10,
-                        help="iterations between 3D SSIM terms (DiffNR release: 10)")
-    parser.add_argument("--weight", type=float, default=1.0,
-                        help="lambda of 1 - SSIM3D (paper and release: 1)")
-    parser.add_argument("--axes", nargs="+", choices=["z", "y", "x"], default=["z"],
-                        help="slicing axes repaired and averaged (default z, axial)")
-    parser.add_argument("--crop", type=int, default=None,
-                        help="side of a random crop for the SSIM term (default: full volume)")
-    parser.add_argument("--guard-accept", type=float, default=GuardConfig.accept_ratio,
-                        help="hallucination guard: residual ratio accepted at full weight")
-    parser.add_argument("--guard-reject", type=float, default=GuardConfig.reject_ratio,
-                        help="hallucination guard: residual ratio rejected")
-    parser.add_argument("--compare", action="store_true",
-                        help="also fit the NR alone with identical settings and seed")
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="prior checkpoint folder (default: the compact one in assets/)",
+    )
+    parser.add_argument(
+        "--iterations",
+        type=int,
+        default=None,
+        help="NR iterations (default: the representation's CPU default)",
+    )
+    parser.add_argument(
+        "--start",
+        type=float,
+        default=0.5,
+        help="first pseudo-reference, as a fraction of the run (default 0.5)",
+    )
+    parser.add_argument(
+        "--refresh",
+        type=float,
+        default=0.125,
+        help="iterations between pseudo-references, as a fraction of the run (default 0.125)",
+    )
+    parser.add_argument(
+        "--loss-every",
+        type=int,
+        default=10,
+        help="iterations between 3D SSIM terms (DiffNR release: 10)",
+    )
+    parser.add_argument(
+        "--weight", type=float, default=1.0, help="lambda of 1 - SSIM3D (paper and release: 1)"
+    )
+    parser.add_argument(
+        "--axes",
+        nargs="+",
+        choices=["z", "y", "x"],
+        default=["z"],
+        help="slicing axes repaired and averaged (default z, axial)",
+    )
+    parser.add_argument(
+        "--crop",
+        type=int,
+        default=None,
+        help="side of a random crop for the SSIM term (default: full volume)",
+    )
+    parser.add_argument(
+        "--guard-accept",
+        type=float,
+        default=GuardConfig.accept_ratio,
+        help="hallucination guard: residual ratio accepted at full weight",
+    )
+    parser.add_argument(
+        "--guard-reject",
+        type=float,
+        default=GuardConfig.reject_ratio,
+        help="hallucination guard: residual ratio rejected",
+    )
+    parser.add_argument(
+        "--compare",
+        action="store_true",
+        help="also fit the NR alone with identical settings and seed",
+    )
     return parser.parse_args(argv)
 
 
@@ -105,17 +164,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     LOG.info("scan: %d views, volume %s", scan.geo.n_views, "x".join(map(str, scan.geo.n_voxel)))
     config = nr_config(args.nr, args.iterations, args.seed)
     iterations = config.train.iterations
-    guard = HallucinationGuard(scan.projections, scan.geo,
-                               GuardConfig(args.guard_accept, args.guard_reject))
+    guard = HallucinationGuard(
+        scan.projections, scan.geo, GuardConfig(args.guard_accept, args.guard_reject)
+    )
     hook, hook_config = None, None
     if args.prior != "none":
         prior, hook_config = build_hook(args, scan, iterations)
         hook = GuardedHook(prior, guard)
-    out.write_json("config.json", {
-        "command": "pipelines.diffnr", "arguments": vars(args), "geometry": scan.geo.to_dict(),
-        "scan": scan.metadata, "nr_config": config, "prior_config": hook_config,
-        "guard_config": guard.config,
-    })
+    out.write_json(
+        "config.json",
+        {
+            "command": "pipelines.diffnr",
+            "arguments": vars(args),
+            "geometry": scan.geo.to_dict(),
+            "scan": scan.metadata,
+            "nr_config": config,
+            "prior_config": hook_config,
+            "guard_config": guard.config,
+        },
+    )
 
     timings: dict[str, float] = {}
     results: dict[str, dict[str, float]] = {}
@@ -124,8 +191,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         shown["ground truth"] = scan.volume_gt
     started = time.perf_counter()
     shown["FDK"] = fdk(scan.projections, scan.geo)
-    titles = {"FDK": "fdk", f"{args.nr} alone": "nr_only",
-              f"DiffNR ({args.nr} + {args.prior})": "diffnr"}
+    titles = {
+        "FDK": "fdk",
+        f"{args.nr} alone": "nr_only",
+        f"DiffNR ({args.nr} + {args.prior})": "diffnr",
+    }
     timings["fdk"] = time.perf_counter() - started
     results["fdk"] = quality(shown["FDK"], scan)
 
@@ -148,32 +218,47 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         out.write_volume(volume, scan.geo)
         plot_curves(history, out.path / "curves.png")
 
-    metrics: dict[str, Any] = {"views": scan.geo.n_views, "nr": args.nr, "prior": args.prior,
-                               **results, "timings_seconds": timings}
+    metrics: dict[str, Any] = {
+        "views": scan.geo.n_views,
+        "nr": args.nr,
+        "prior": args.prior,
+        **results,
+        "timings_seconds": timings,
+    }
     if hook is not None:
         metrics["guard"] = [c["guard"] for c in hook.calls]
         metrics["prior_calls"] = hook.calls
     if "diffnr" in results and "nr_only" in results:
         metrics["difference"] = {
             key: results["diffnr"][key] - results["nr_only"][key]
-            for key in results["diffnr"] if key in results["nr_only"]
+            for key in results["diffnr"]
+            if key in results["nr_only"]
         }
         metrics["time_ratio"] = timings["diffnr"] / timings["nr_only"]
     out.write_json("metrics.json", metrics)
-    out.write_montage(shown, captions={
-        title: caption(results[key]) for title, key in titles.items() if key in results})
+    out.write_montage(
+        shown,
+        captions={title: caption(results[key]) for title, key in titles.items() if key in results},
+    )
     (out.path / "report.md").write_text(report(metrics, args), encoding="utf-8")
-    LOG.info("done in %.0f s: %s", out.elapsed,
-             ", ".join(f"{k} {caption(v)}" for k, v in results.items()))
+    LOG.info(
+        "done in %.0f s: %s",
+        out.elapsed,
+        ", ".join(f"{k} {caption(v)}" for k, v in results.items()),
+    )
     return metrics
 
 
 def report(metrics: dict[str, Any], args: argparse.Namespace) -> str:
     """A short human-readable summary of the run."""
-    lines = [f"# DiffNR run: {args.nr} + {args.prior}, {metrics['views']} views", "",
-             f"Input: {args.input or 'embedded head phantom (assets/head_phantom)'}", "",
-             "| reconstruction | PSNR (dB) | SSIM | data residual | time (s) |",
-             "|---|---|---|---|---|"]
+    lines = [
+        f"# DiffNR run: {args.nr} + {args.prior}, {metrics['views']} views",
+        "",
+        f"Input: {args.input or 'embedded head phantom (assets/head_phantom)'}",
+        "",
+        "| reconstruction | PSNR (dB) | SSIM | data residual | time (s) |",
+        "|---|---|---|---|---|",
+    ]
     timing_keys = {"fdk": "fdk", "nr_only": "nr_only", "diffnr": "diffnr"}
     for key in ("fdk", "nr_only", "diffnr"):
         if key not in metrics:
@@ -185,14 +270,19 @@ def report(metrics: dict[str, Any], args: argparse.Namespace) -> str:
         lines.append(f"| {key} | {psnr} | {ssim} | {m['data_residual']:.4f} | {seconds:.0f} |")
     if "difference" in metrics:
         d = metrics["difference"]
-        lines += ["", f"DiffNR - NR alone: {d.get('psnr', float('nan')):+.2f} dB PSNR, "
-                  f"{d.get('ssim', float('nan')):+.4f} SSIM; time ratio "
-                  f"{metrics['time_ratio']:.2f}."]
+        lines += [
+            "",
+            f"DiffNR - NR alone: {d.get('psnr', float('nan')):+.2f} dB PSNR, "
+            f"{d.get('ssim', float('nan')):+.4f} SSIM; time ratio "
+            f"{metrics['time_ratio']:.2f}.",
+        ]
     if metrics.get("guard"):
         lines += ["", "Hallucination guard:", ""]
         lines += [f"- {decision['reason']}" for decision in metrics["guard"]]
-    lines += ["", "Files: volume.nii.gz, metrics.json, config.json, montage.png, curves.png, "
-              "run.log."]
+    lines += [
+        "",
+        "Files: volume.nii.gz, metrics.json, config.json, montage.png, curves.png, run.log.",
+    ]
     return "\n".join(lines) + "\n"
 
 

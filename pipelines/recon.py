@@ -65,22 +65,37 @@ def classical_method(name: str, filter_name: str) -> tuple[Callable[[Scan], torc
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.recon", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.recon",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--method", required=True, choices=CLASSICAL + NEURAL)
-    parser.add_argument("--filter", default="ram_lak", choices=FILTERS,
-                        help="FDK ramp-filter window (default ram_lak)")
-    parser.add_argument("--iterations", type=int, default=None,
-                        help="neural methods: training iterations (default: the method's CPU "
-                        "default); checkpoints in DIR/training resume an interrupted run")
+    parser.add_argument(
+        "--filter",
+        default="ram_lak",
+        choices=FILTERS,
+        help="FDK ramp-filter window (default ram_lak)",
+    )
+    parser.add_argument(
+        "--iterations",
+        type=int,
+        default=None,
+        help="neural methods: training iterations (default: the method's CPU "
+        "default); checkpoints in DIR/training resume an interrupted run",
+    )
     add_scan_arguments(parser, default_views=50)
     args = parser.parse_args(argv)
 
     out = RunFolder(args.out)
     torch.manual_seed(args.seed)
     scan = resolve_scan(args.input, args.views, args.noise, args.seed)
-    LOG.info("scan: %d views of %s, volume %s", scan.geo.n_views,
-             "x".join(map(str, scan.geo.n_detector)), "x".join(map(str, scan.geo.n_voxel)))
+    LOG.info(
+        "scan: %d views of %s, volume %s",
+        scan.geo.n_views,
+        "x".join(map(str, scan.geo.n_detector)),
+        "x".join(map(str, scan.geo.n_voxel)),
+    )
     history = None
     if args.method in CLASSICAL:
         run, config = classical_method(args.method, args.filter)
@@ -91,16 +106,29 @@ def main(argv: list[str] | None = None) -> dict:
             nonlocal history
             volume, history = reconstruct(args.method, scan, config, out.path / "training")
             return volume
-    out.write_json("config.json", {
-        "method": args.method, "input": args.input, "views": args.views, "noise": args.noise,
-        "seed": args.seed, "geometry": scan.geo.to_dict(), "scan": scan.metadata,
-        "method_config": config,
-    })
+
+    out.write_json(
+        "config.json",
+        {
+            "method": args.method,
+            "input": args.input,
+            "views": args.views,
+            "noise": args.noise,
+            "seed": args.seed,
+            "geometry": scan.geo.to_dict(),
+            "scan": scan.metadata,
+            "method_config": config,
+        },
+    )
     started = time.perf_counter()
     volume = run(scan)
     seconds = time.perf_counter() - started
-    metrics = {"method": args.method, "views": scan.geo.n_views, **quality(volume, scan),
-               "seconds": seconds}
+    metrics = {
+        "method": args.method,
+        "views": scan.geo.n_views,
+        **quality(volume, scan),
+        "seconds": seconds,
+    }
     LOG.info("%s: %s in %.1f s", args.method, caption(metrics), seconds)
     out.write_volume(volume, scan.geo)
     out.write_json("metrics.json", metrics)

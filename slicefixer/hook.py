@@ -60,8 +60,11 @@ class SliceFixerHookConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name}: expected an int >= 1, got {value!r}")
-        if not (isinstance(self.weight, (int, float)) and math.isfinite(self.weight)
-                and self.weight >= 0):
+        if not (
+            isinstance(self.weight, (int, float))
+            and math.isfinite(self.weight)
+            and self.weight >= 0
+        ):
             raise ValueError(f"weight: expected a number >= 0, got {self.weight!r}")
         object.__setattr__(self, "axes", tuple(self.axes))
 
@@ -93,11 +96,19 @@ class SliceFixerHook:
         self.start = config.start
         self.loss_every = config.loss_every
 
-    def __call__(self, trainer: Trainer, iteration: int) -> HookResult:
+    def __call__(self, trainer: Trainer, iteration: int) -> HookResult | None:
+        if iteration >= trainer.config.iterations:
+            return None  # a pseudo-reference made after the last step would never be used
         c = self.config
         window = (0.0, trainer.config.volume_scale) if c.window == "scan" else "model"
         reference = repair_volume(
-            self.model, trainer.volume(), self.projections, self.geo, axes=c.axes,
-            prompt=c.prompt, batch_size=c.batch_size, window=window,
+            self.model,
+            trainer.volume(),
+            self.projections,
+            self.geo,
+            axes=c.axes,
+            prompt=c.prompt,
+            batch_size=c.batch_size,
+            window=window,
         )
         return HookResult(reference=reference, weight=c.weight, crop=c.crop)

@@ -8,7 +8,7 @@ def _phantom():
     z, y, x = np.mgrid[:32, :32, :32] - 15.5
     body = (z**2 + y**2 + x**2 < 14**2) * 0.5
     bone = (np.abs(np.sqrt(z**2 + y**2 + x**2) - 12) < 1.5) * 0.5
-    lung = ((z**2 + (y - 3) ** 2 + x**2) < 5**2)
+    lung = (z**2 + (y - 3) ** 2 + x**2) < 5**2
     volume = body + bone
     volume[lung] = 0.0
     return volume

@@ -9,8 +9,13 @@ from nr.geometry import ConeBeamGeometry
 
 def _geo(**overrides):
     fields = dict(
-        n_voxel=(4, 6, 8), s_voxel=(40.0, 60.0, 80.0), n_detector=(10, 12),
-        d_detector=(2.0, 3.0), angles=[0.0, math.pi / 2], dso=100.0, dsd=150.0,
+        n_voxel=(4, 6, 8),
+        s_voxel=(40.0, 60.0, 80.0),
+        n_detector=(10, 12),
+        d_detector=(2.0, 3.0),
+        angles=[0.0, math.pi / 2],
+        dso=100.0,
+        dsd=150.0,
     )
     fields.update(overrides)
     return ConeBeamGeometry(**fields)
@@ -52,11 +57,19 @@ def test_json_round_trip_and_unknown_keys():
 
 def test_from_tigre_reads_camel_case_fields():
     tigre_geo = SimpleNamespace(
-        DSD=1536, DSO=1000, nVoxel=np.array([64, 64, 64]), sVoxel=np.array([256, 256, 256]),
-        dVoxel=np.array([4.0, 4.0, 4.0]), nDetector=np.array([128, 96]),
-        dDetector=np.array([3.2, 3.2]), sDetector=np.array([409.6, 307.2]),
-        offOrigin=np.array([0, 0, 0]), offDetector=np.array([1.0, 2.0]), accuracy=0.5,
-        mode="cone", COR=0,
+        DSD=1536,
+        DSO=1000,
+        nVoxel=np.array([64, 64, 64]),
+        sVoxel=np.array([256, 256, 256]),
+        dVoxel=np.array([4.0, 4.0, 4.0]),
+        nDetector=np.array([128, 96]),
+        dDetector=np.array([3.2, 3.2]),
+        sDetector=np.array([409.6, 307.2]),
+        offOrigin=np.array([0, 0, 0]),
+        offDetector=np.array([1.0, 2.0]),
+        accuracy=0.5,
+        mode="cone",
+        COR=0,
     )
     geo = ConeBeamGeometry.from_tigre(tigre_geo, angles=np.linspace(0, np.pi, 5))
     assert geo.projection_shape == (5, 128, 96)
@@ -105,4 +118,6 @@ def test_for_volume_scales_with_the_box_and_covers_it():
     radius = 64 * 3.2 / 2
     shadow = radius * geo.dsd / (geo.dso - radius)
     assert 2 * shadow <= geo.s_detector[1]
-    assert ConeBeamGeometry.default(64, 10) == ConeBeamGeometry.for_volume((64,) * 3, (4.0,) * 3, 10)
+    assert ConeBeamGeometry.default(64, 10) == ConeBeamGeometry.for_volume(
+        (64,) * 3, (4.0,) * 3, 10
+    )

@@ -38,8 +38,9 @@ def test_a_hallucinated_reference_is_rejected(scene):
 
 def test_in_between_references_are_down_weighted(scene):
     geo, truth, projections, current = scene
-    guard = HallucinationGuard(projections, geo, GuardConfig(accept_ratio=1.0, reject_ratio=1e6,
-                                                             per_view=False))
+    guard = HallucinationGuard(
+        projections, geo, GuardConfig(accept_ratio=1.0, reject_ratio=1e6, per_view=False)
+    )
     decision = guard.check(current * 1.5, current, iteration=30)
     assert decision.action == "downweight" and 0.0 < decision.weight_factor < 1.0
 

@@ -22,13 +22,15 @@ def _skimage_ssim(pred: np.ndarray, gt: np.ndarray) -> float:
 def test_psnr3d_matches_skimage():
     pred, gt = _volumes()
     expected = peak_signal_noise_ratio(gt, pred, data_range=1.0)
-    assert float(psnr3d(torch.from_numpy(pred), torch.from_numpy(gt))) == pytest.approx(expected, abs=1e-9)
+    assert float(psnr3d(torch.from_numpy(pred), torch.from_numpy(gt))) == pytest.approx(
+        expected, abs=1e-9
+    )
 
 
 def test_ssim2d_matches_skimage_per_image():
     pred, gt = _volumes(1)
     ours = ssim2d(torch.from_numpy(pred), torch.from_numpy(gt)).numpy()
-    expected = [_skimage_ssim(p, g) for p, g in zip(pred, gt)]
+    expected = [_skimage_ssim(p, g) for p, g in zip(pred, gt, strict=True)]
     np.testing.assert_allclose(ours, expected, atol=1e-6)
 
 
@@ -38,7 +40,9 @@ def test_ssim3d_is_mean_of_slice_ssims_over_three_axes():
     expected = []
     for axis in range(3):
         p, g = np.moveaxis(pred, axis, 0), np.moveaxis(gt, axis, 0)
-        expected.append(np.mean([_skimage_ssim(a, b) for a, b in zip(p, g) if b.max() > 0]))
+        expected.append(
+            np.mean([_skimage_ssim(a, b) for a, b in zip(p, g, strict=True) if b.max() > 0])
+        )
     axes = ssim3d_axes(pred, gt).numpy()
     np.testing.assert_allclose(axes, expected, atol=1e-6)
     assert float(ssim3d(pred, gt)) == pytest.approx(np.mean(expected), abs=1e-6)

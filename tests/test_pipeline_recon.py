@@ -19,8 +19,19 @@ def small_volume(tmp_path):
 @pytest.mark.parametrize("method", ["fdk", "cgls"])
 def test_recon_writes_every_output(small_volume, tmp_path, method):
     out = tmp_path / method
-    metrics = recon.main([str(small_volume), "--method", method, "--views", "12",
-                          "--noise", "none", "--out", str(out)])
+    metrics = recon.main(
+        [
+            str(small_volume),
+            "--method",
+            method,
+            "--views",
+            "12",
+            "--noise",
+            "none",
+            "--out",
+            str(out),
+        ]
+    )
     for name in ("volume.nii.gz", "metrics.json", "config.json", "montage.png", "run.log"):
         assert (out / name).is_file(), name
     saved = json.loads((out / "metrics.json").read_text())
@@ -42,7 +53,20 @@ def test_recon_rejects_a_bad_input(tmp_path):
 @pytest.mark.parametrize("method", ["gaussians", "hashgrid"])
 def test_recon_neural_methods_train_and_plot(small_volume, tmp_path, method):
     out = tmp_path / method
-    metrics = recon.main([str(small_volume), "--method", method, "--views", "8", "--iterations",
-                          "6", "--noise", "none", "--out", str(out)])
+    metrics = recon.main(
+        [
+            str(small_volume),
+            "--method",
+            method,
+            "--views",
+            "8",
+            "--iterations",
+            "6",
+            "--noise",
+            "none",
+            "--out",
+            str(out),
+        ]
+    )
     assert (out / "curves.png").is_file() and (out / "volume.nii.gz").is_file()
     assert np.isfinite(metrics["psnr"])

@@ -36,8 +36,9 @@ def resize_cube(volume: np.ndarray, size: int) -> np.ndarray:
     if volume.shape == (size,) * 3:
         return volume
     tensor = torch.from_numpy(np.ascontiguousarray(volume))[None, None]
-    return F.interpolate(tensor, size=(size,) * 3, mode="trilinear", antialias=False,
-                         align_corners=False)[0, 0].numpy()
+    return F.interpolate(
+        tensor, size=(size,) * 3, mode="trilinear", antialias=False, align_corners=False
+    )[0, 0].numpy()
 
 
 def volumes(size: int, names: list[str] | None = None) -> dict[str, np.ndarray]:
@@ -53,8 +54,9 @@ def volumes(size: int, names: list[str] | None = None) -> dict[str, np.ndarray]:
     for name, entry in manifest.items():
         if name == "tigre_head_phantom" or (names is not None and name not in names):
             continue
-        source = VolumeSource(str(folder / entry["file"]), name, "", entry.get("anatomy", ""),
-                              entry.get("key"))
+        source = VolumeSource(
+            str(folder / entry["file"]), name, "", entry.get("anatomy", ""), entry.get("key")
+        )
         cases[name] = load_clean_volume(source, config)
     return cases
 

@@ -31,10 +31,18 @@ def _scan(volume, views: int) -> Scan:
 def run(quick: bool) -> str:
     view_counts = (25,) if quick else (25, 50, 75)
     methods = ("fdk", "cgls") if quick else METHODS
-    cases = volumes(32) if quick else {EMBEDDED: volumes(128, names=[])[EMBEDDED], **{
-        name: v for name, v in volumes(64).items() if name != EMBEDDED}}
-    lines = ["| volume | size | views | " + " | ".join(methods) + " |",
-             "|---|---|---|" + "---|" * len(methods)]
+    cases = (
+        volumes(32)
+        if quick
+        else {
+            EMBEDDED: volumes(128, names=[])[EMBEDDED],
+            **{name: v for name, v in volumes(64).items() if name != EMBEDDED},
+        }
+    )
+    lines = [
+        "| volume | size | views | " + " | ".join(methods) + " |",
+        "|---|---|---|" + "---|" * len(methods),
+    ]
     for name, volume in cases.items():
         for views in view_counts:
             scan = _scan(volume, views)

@@ -1,0 +1,108 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from nr.geometry import ConeBeamGeometry
+from nr.guard import GuardedHook, HallucinationGuard
+from nr.ops.projector import project
+from nr.train import HookResult, TrainConfig, Trainer
+from pipelines import diffnr
+from slicefixer.model import SliceFixer
+from slicefixer.presets import tiny_config
+
+
+@pytest.fixture(scope="module")
+def tiny_fixer(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("fixer")
+    torch.manual_seed(0)
+    SliceFixer.from_config(tiny_config()).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def small_volume(tmp_path_factory):
+    z, y, x = np.mgrid[:20, :20, :20] - 9.5
+    volume = ((z / 8) ** 2 + (y / 6) ** 2 + (x / 7) ** 2 < 1) * 0.6
+    volume += ((z / 3) ** 2 + (y / 2) ** 2 + ((x - 2) / 2) ** 2 < 1) * 0.4
+    path = tmp_path_factory.mktemp("scan") / "phantom.npy"
+    np.save(path, volume.astype(np.float32))
+    return path
+
+
+@pytest.mark.parametrize("nr", ["gaussians", "hashgrid"])
+def test_diffnr_smoke_writes_every_output(small_volume, tiny_fixer, tmp_path, nr):
+    out = tmp_path / nr
+    metrics = diffnr.main(
+        [
+            str(small_volume),
+            "--nr",
+            nr,
+            "--views",
+            "8",
+            "--iterations",
+            "8",
+            "--start",
+            "0.5",
+            "--refresh",
+            "0.25",
+            "--loss-every",
+            "2",
+            "--checkpoint",
+            str(tiny_fixer),
+            "--compare",
+            "--out",
+            str(out),
+        ]
+    )
+    for name in (
+        "volume.nii.gz",
+        "nr_only.nii.gz",
+        "metrics.json",
+        "config.json",
+        "montage.png",
+        "curves.png",
+        "report.md",
+        "run.log",
+    ):
+        assert (out / name).is_file(), name
+    saved = json.loads((out / "metrics.json").read_text())
+    assert {"fdk", "nr_only", "diffnr", "difference", "guard", "timings_seconds"} <= set(saved)
+    assert len(saved["guard"]) == 2  # pseudo-references at iterations 4 and 6, none at 8
+    assert all(d["action"] in ("accept", "downweight", "reject") for d in saved["guard"])
+    assert saved["difference"]["psnr"] == pytest.approx(
+        metrics["diffnr"]["psnr"] - metrics["nr_only"]["psnr"]
+    )
+    assert "Hallucination guard" in (out / "report.md").read_text()
+
+
+class _WrongPrior:
+    """A prior that hallucinates: it returns a flipped volume with an invented blob."""
+
+    every, start, loss_every = 2, 2, 1
+
+    def __call__(self, trainer, iteration):
+        wrong = trainer.volume().flip(2).clone()
+        wrong[2:6, 2:6, 2:6] += 3.0
+        return HookResult(reference=wrong, weight=1.0)
+
+
+def test_the_guard_rejects_a_hallucinated_pseudo_reference_inside_training():
+    from nr.fields import FieldConfig, HashGridField
+
+    geo = ConeBeamGeometry.default(n_voxel=16, n_views=6)
+    z, y, x = torch.meshgrid(*(torch.arange(16.0) - 7.5,) * 3, indexing="ij")
+    truth = ((z / 6) ** 2 + (y / 5) ** 2 + (x / 6) ** 2 < 1).float()
+    projections = project(truth, geo)
+    hook = GuardedHook(_WrongPrior(), HallucinationGuard(projections, geo))
+    trainer = Trainer(
+        HashGridField(geo, FieldConfig(attenuation_bound=2.0)),
+        projections,
+        geo,
+        TrainConfig(iterations=4, progress=False, eval_every=0),
+        hooks=[hook],
+    )
+    trainer.run()
+    assert [call["guard"]["action"] for call in hook.calls] == ["reject", "reject"]
+    assert all(result.weight == 0.0 for result in trainer.references.values())
