@@ -453,9 +453,9 @@ class Trainer:
 
 # The default reconstruction, sized for a 128^3 scan with 50 views on 2 CPU cores in about
 # 10 minutes (docs/fields.md): 8 levels of scale 1.5 (finest 273 cells; NAF's 16 levels of
-# scale 2 reach 524288 cells and cost 1.5x more per step), 90% of the steps on the 64^3 grid.
+# scale 2 reach 524288 cells and cost 1.5x more per step), every step on the full grid.
 DEFAULT_FIELD = FieldConfig(encoding=HashGridConfig(n_levels=8, per_level_scale=1.5))
-DEFAULT_TRAIN = TrainConfig(iterations=900, views_per_iteration=10, eval_every=100)
+DEFAULT_TRAIN = TrainConfig(iterations=250, views_per_iteration=25, eval_every=50)
 
 
 @dataclass(frozen=True)
@@ -482,7 +482,7 @@ class HashGridReconConfig:
     train: TrainConfig = dataclasses.field(default_factory=lambda: DEFAULT_TRAIN)
     auto_scale: bool = True
     bound_factor: float = 2.0
-    coarse_fraction: float | None = 0.9
+    coarse_fraction: float | None = None
 
     def __post_init__(self) -> None:
         if self.coarse_fraction is not None and not 0 <= self.coarse_fraction <= 1:

@@ -230,6 +230,7 @@ def test_sigkill_and_resume_ends_where_an_uninterrupted_run_ends(tmp_path):
 def test_reconstruct_hashgrid_and_plot_curves(tmp_path):
     geo, gt, proj = _scan()
     config = HashGridReconConfig(
+        coarse_fraction=0.9,
         field=FieldConfig(encoding=TINY),
         train=TrainConfig(
             iterations=6,
