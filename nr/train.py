@@ -455,7 +455,7 @@ class Trainer:
 # 10 minutes (docs/fields.md): 8 levels of scale 1.5 (finest 273 cells; NAF's 16 levels of
 # scale 2 reach 524288 cells and cost 1.5x more per step), every step on the full grid.
 DEFAULT_FIELD = FieldConfig(encoding=HashGridConfig(n_levels=8, per_level_scale=1.5))
-DEFAULT_TRAIN = TrainConfig(iterations=250, views_per_iteration=25, eval_every=50)
+DEFAULT_TRAIN = TrainConfig(iterations=250, views_per_iteration=10, eval_every=50)
 
 
 @dataclass(frozen=True)
