@@ -260,9 +260,7 @@ class Trainer:
         while self.iteration < c.iterations:
             self.iteration += 1
             parts = self.step(self.iteration)
-            for name, value in parts.items():
-                self.history["train"].setdefault(name, []).append(value)
-            self.history["train"].setdefault("iteration", []).append(self.iteration)
+            self._record(parts)
             self._run_hooks()
             last = self.iteration == c.iterations
             if self.volume_gt is not None and (
@@ -281,6 +279,17 @@ class Trainer:
         if writer is not None:
             writer.close()
         return self.history
+
+    def _record(self, parts: dict[str, float]) -> None:
+        """Append this iteration's loss terms to the history, one list per term aligned with
+        "iteration"; a term absent at an iteration (e.g. a pseudo-reference term added every
+        few iterations) is recorded as NaN."""
+        train = self.history["train"]
+        done = len(train.get("iteration", []))
+        for name in set(train) | set(parts):
+            if name != "iteration":
+                train.setdefault(name, [math.nan] * done).append(parts.get(name, math.nan))
+        train.setdefault("iteration", []).append(self.iteration)
 
     def step(self, iteration: int) -> dict[str, float]:
         """One optimiser step; returns the loss terms as floats."""
@@ -558,9 +567,12 @@ def plot_curves(history: dict[str, Any], path: str | Path) -> None:
     panels = 2 if evaluation.get("iteration") else 1
     fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.5), squeeze=False)
     ax = axes[0, 0]
+    steps = np.asarray(train["iteration"])
     for name, values in train.items():
         if name != "iteration":
-            ax.plot(train["iteration"], values, label=name, lw=1)
+            values = np.asarray(values, dtype=float)
+            kept = np.isfinite(values)  # terms added every few iterations are NaN in between
+            ax.plot(steps[kept], values[kept], label=name, lw=1)
     ax.set(
         xlabel="iteration", ylabel="loss (normalised units)", yscale="log", title="training loss"
     )

@@ -78,13 +78,14 @@ def test_diffnr_smoke_writes_every_output(small_volume, tiny_fixer, tmp_path, nr
 
 
 class _WrongPrior:
-    """A prior that hallucinates: it returns a flipped volume with an invented blob."""
+    """A prior that hallucinates: a flipped volume with an invented blob far denser than anything
+    in the scan (the data contradict it whatever the state of the fit)."""
 
     every, start, loss_every = 2, 2, 1
 
     def __call__(self, trainer, iteration):
         wrong = trainer.volume().flip(2).clone()
-        wrong[2:6, 2:6, 2:6] += 3.0
+        wrong[2:6, 2:6, 2:6] += 30.0
         return HookResult(reference=wrong, weight=1.0)
 
 
