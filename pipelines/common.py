@@ -200,7 +200,10 @@ def nr_config(name: str, iterations: int | None, seed: int):
         if iterations is None
         else dataclasses.replace(config.train, iterations=iterations)
     )
-    return dataclasses.replace(config, train=dataclasses.replace(train, seed=seed))
+    # Checkpoint ten times per run (in the run folder): the same command resumes a killed run.
+    every = max(1, train.iterations // 10)
+    train = dataclasses.replace(train, seed=seed, checkpoint_every=every)
+    return dataclasses.replace(config, train=train)
 
 
 def reconstruct(name: str, scan: Scan, config, out_dir: Path | None, hooks=()):
