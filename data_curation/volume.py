@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.numpy import save_file
-from scipy import ndimage
 
 from data_curation.config import AXES, FOREGROUND_LEVEL, CurationConfig
 from data_curation.manifest import file_sha256
@@ -29,6 +28,7 @@ from data_curation.reconstructors import get_reconstructor
 from nr.geometry import ConeBeamGeometry
 from nr.io import normalize_minmax, read_volume
 from nr.io._files import atomic_file
+from nr.io.resample import resample_cube
 from nr.ops.noise import NoiseConfig, simulate_projections
 
 SHARDS = "shards"
@@ -58,9 +58,7 @@ def load_clean_volume(source: VolumeSource, config: CurationConfig) -> np.ndarra
     volume = normalize_minmax(read_volume(source.path, key=source.key))
     data = volume.data
     if config.size is not None and data.shape != (config.size,) * 3:
-        factors = [config.size / n for n in data.shape]
-        data = ndimage.zoom(data, factors, order=1, grid_mode=True, mode="nearest")
-        data = np.clip(data, 0.0, 1.0).astype(np.float32)
+        data = np.clip(resample_cube(data, config.size), 0.0, 1.0)
     return np.ascontiguousarray(data)
 
 

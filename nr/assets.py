@@ -11,8 +11,6 @@ from pathlib import Path
 
 import numpy as np
 
-from nr.geometry import ConeBeamGeometry
-
 
 def assets_dir() -> Path:
     """The assets folder; raises FileNotFoundError with the remedy when it is missing."""
@@ -37,8 +35,3 @@ def embedded_volume() -> np.ndarray:
     """The embedded default scan: TIGRE's head phantom, (128, 128, 128) float32 in [0, 1]."""
     with np.load(asset_path("head_phantom", "volume.npz")) as data:
         return data["volume"].astype(np.float32)
-
-
-def embedded_geometry(n_views: int = 25) -> ConeBeamGeometry:
-    """The scan geometry of the embedded volume with `n_views` angles over 360 degrees."""
-    return ConeBeamGeometry.default(n_voxel=128, n_views=n_views)

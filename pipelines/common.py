@@ -16,9 +16,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from nr.assets import embedded_geometry, embedded_volume
+from nr.assets import embedded_volume
 from nr.geometry import ConeBeamGeometry
 from nr.io import Scan, Volume, load_scan, normalize_minmax, scan_from_volume, write_nifti
+from nr.io.resample import resample_cube
 from nr.metrics import psnr3d, ssim3d
 from nr.ops.noise import NoiseConfig
 from nr.ops.projector import project
@@ -52,6 +53,13 @@ def add_scan_arguments(parser: argparse.ArgumentParser, default_views: int = 25)
         help="noise of simulated projections: TIGRE's Poisson I0=1e5 + Gaussian "
         "(0, 10) (default), or none",
     )
+    parser.add_argument(
+        "--size",
+        type=int,
+        default=None,
+        help="volume inputs (and the default scan): resample to SIZE^3 before "
+        "scanning (default: keep the volume's grid)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of noise and training")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
 
@@ -69,12 +77,15 @@ def _subset_views(scan: Scan, views: int) -> Scan:
     )
 
 
-def resolve_scan(input_path: str | None, views: int, noise: str, seed: int) -> Scan:
+def resolve_scan(
+    input_path: str | None, views: int, noise: str, seed: int, size: int | None = None
+) -> Scan:
     """The `Scan` a command works on, from its INPUT argument.
 
     Volumes (including the embedded default) are min-max normalised to [0, 1]
-    (as R2-Gaussian and NAF prepare theirs) and scanned with
-    `ConeBeamGeometry.for_volume`; measured scans are used as they are.
+    (as R2-Gaussian and NAF prepare theirs), optionally resampled to `size`^3
+    over the same physical box, and scanned with `ConeBeamGeometry.for_volume`;
+    measured scans are used as they are.
     """
     if not isinstance(views, int) or views < 1:
         raise ValueError(f"--views: expected a positive number of views, got {views!r}")
@@ -86,16 +97,27 @@ def resolve_scan(input_path: str | None, views: int, noise: str, seed: int) -> S
             units="normalized",
             source="assets/head_phantom",
         )
-        scan = scan_from_volume(volume, embedded_geometry(views), noise=noise_config, seed=seed)
+    else:
+        loaded = load_scan(input_path)
+        if isinstance(loaded, Scan):
+            if size is not None:
+                raise ValueError("--size: applies to volume inputs, not to measured projections")
+            return _subset_views(loaded, views)
+        volume = dataclasses.replace(
+            normalize_minmax(loaded), spacing=loaded.spacing or (1.0, 1.0, 1.0)
+        )
+    if size is not None:
+        extent = np.array(volume.shape) * np.array(volume.spacing)
+        volume = dataclasses.replace(
+            volume,
+            data=resample_cube(volume.data, size),
+            spacing=tuple(float(e) for e in extent / size),
+        )
+    geo = ConeBeamGeometry.for_volume(volume.shape, volume.spacing, views)
+    scan = scan_from_volume(volume, geo, noise=noise_config, seed=seed)
+    if input_path is None:
         scan.metadata["source"] = "embedded TIGRE head phantom (assets/head_phantom)"
-        return scan
-    loaded = load_scan(input_path)
-    if isinstance(loaded, Scan):
-        return _subset_views(loaded, views)
-    spacing = loaded.spacing or (1.0, 1.0, 1.0)
-    volume = dataclasses.replace(normalize_minmax(loaded), spacing=spacing)
-    geo = ConeBeamGeometry.for_volume(volume.shape, spacing, views)
-    return scan_from_volume(volume, geo, noise=noise_config, seed=seed)
+    return scan
 
 
 def quality(volume: torch.Tensor, scan: Scan) -> dict[str, float]:

@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse(argv)
     out = RunFolder(args.out)
     torch.manual_seed(args.seed)
-    scan = resolve_scan(args.input, args.views, args.noise, args.seed)
+    scan = resolve_scan(args.input, args.views, args.noise, args.seed, args.size)
     LOG.info("scan: %d views, volume %s", scan.geo.n_views, "x".join(map(str, scan.geo.n_voxel)))
     config = nr_config(args.nr, args.iterations, args.seed)
     iterations = config.train.iterations

@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     out = RunFolder(args.out)
     torch.manual_seed(args.seed)
-    scan = resolve_scan(args.input, args.views, args.noise, args.seed)
+    scan = resolve_scan(args.input, args.views, args.noise, args.seed, args.size)
     LOG.info(
         "scan: %d views, volume %s; model %s (resolution %d)",
         scan.geo.n_views,

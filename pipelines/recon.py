@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     out = RunFolder(args.out)
     torch.manual_seed(args.seed)
-    scan = resolve_scan(args.input, args.views, args.noise, args.seed)
+    scan = resolve_scan(args.input, args.views, args.noise, args.seed, args.size)
     LOG.info(
         "scan: %d views of %s, volume %s",
         scan.geo.n_views,

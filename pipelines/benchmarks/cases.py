@@ -13,13 +13,12 @@ import os
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from data_curation.config import CurationConfig
 from data_curation.volume import VolumeSource, dense_geometry, load_clean_volume
 from nr.assets import embedded_volume
 from nr.geometry import ConeBeamGeometry
+from nr.io.resample import resample_cube
 
 EMBEDDED = "embedded head phantom"
 
@@ -31,21 +30,11 @@ def data_dir() -> Path | None:
     return folder if (folder / "MANIFEST.json").is_file() else None
 
 
-def resize_cube(volume: np.ndarray, size: int) -> np.ndarray:
-    """Trilinear resampling of a (Z, Y, X) volume to size^3 (area-averaged when shrinking)."""
-    if volume.shape == (size,) * 3:
-        return volume
-    tensor = torch.from_numpy(np.ascontiguousarray(volume))[None, None]
-    return F.interpolate(
-        tensor, size=(size,) * 3, mode="trilinear", antialias=False, align_corners=False
-    )[0, 0].numpy()
-
-
 def volumes(size: int, names: list[str] | None = None) -> dict[str, np.ndarray]:
     """{name: (size, size, size) float32 volume in [0, 1]}: the embedded scan first, then the
     development volumes (all, or those in `names`) when their folder exists. The development
     copy of the embedded scan (tigre_head_phantom) is skipped: it is the same volume."""
-    cases = {EMBEDDED: resize_cube(embedded_volume(), size)}
+    cases = {EMBEDDED: resample_cube(embedded_volume(), size)}
     folder = data_dir()
     if folder is None:
         return cases
