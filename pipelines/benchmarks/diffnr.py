@@ -3,7 +3,8 @@
 Cases: the embedded head phantom and the development volumes held out from the shipped
 SliceFixer's training (``NR_HELDOUT``, default vtkjs_lidc2_chest_ct_u8), prepared as the
 curated training data (`pipelines.benchmarks.cases`, size^3 in a 256 mm box, TIGRE noise),
-at 25 and 50 views, with both representations. Each case runs
+at 25 and 50 views, with both representations (``NR_DIFFNR_VIEWS`` and ``NR_DIFFNR_NR`` restrict
+them, e.g. "25" and "gaussians"; the section then says what ran). Each case runs
 ``python -m pipelines.diffnr SCAN --nr NR --views N --compare`` and the segmentation of
 `nr.downstream` scores both reconstructions against the ground truth.
 """
@@ -52,8 +53,16 @@ def _downstream(out: Path, truth: np.ndarray, spacing) -> dict[str, dict[str, di
 
 def run(quick: bool) -> str:
     size = 24 if quick else SIZE
-    views_list = (8,) if quick else (25, 50)
-    representations = ("gaussians",) if quick else ("gaussians", "hashgrid")
+    views_list = (
+        (8,)
+        if quick
+        else tuple(int(v) for v in os.environ.get("NR_DIFFNR_VIEWS", "25,50").split(","))
+    )
+    representations = (
+        ("gaussians",)
+        if quick
+        else tuple(os.environ.get("NR_DIFFNR_NR", "gaussians,hashgrid").split(","))
+    )
     held_out = os.environ.get("NR_HELDOUT", "vtkjs_lidc2_chest_ct_u8").split(",")
     cases = volumes(size, names=held_out)
     extra = ["--iterations", "8", "--loss-every", "2"] if quick else []
