@@ -2,7 +2,8 @@
 
 The embedded head phantom and the development volumes, all at 64^3 with a 64^2 detector
 (`pipelines.benchmarks.cases`, as the DiffNR benchmark), each scanned over 360 degrees with
-I0 = 1e5 Poisson and Gaussian (0, 10) noise, seed 0. PSNR/SSIM3D against the ground truth with data range 1.
+I0 = 1e5 Poisson and Gaussian (0, 10) noise, seed 0. PSNR/SSIM3D against the ground truth
+with data range 1.
 """
 
 from __future__ import annotations
