@@ -17,7 +17,7 @@ install: $(PY)
 
 install-test: $(PY)
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install "$(TORCH_SPEC)"
-	$(PIP) install --no-build-isolation -e ".[test,cluster]"
+	$(PIP) install --no-build-isolation -e ".[test,cluster,logging]"
 
 demo: install
 	$(PY) -m pipelines.demo
