@@ -32,7 +32,10 @@ HEADER = (
 
 
 def available_topics() -> list[str]:
-    return sorted(m.name for m in pkgutil.iter_modules(topics_package.__path__))
+    """Topic modules; modules starting with "_" are helpers shared by the topics."""
+    return sorted(
+        m.name for m in pkgutil.iter_modules(topics_package.__path__) if not m.name.startswith("_")
+    )
 
 
 def machine_description() -> str:

@@ -2,7 +2,7 @@
 
 Cases: the embedded head phantom and the development volumes held out from the shipped
 SliceFixer's training (``NR_HELDOUT``, default vtkjs_lidc2_chest_ct_u8), prepared as the
-curated training data (`pipelines.benchmarks.cases`, size^3 in a 256 mm box, TIGRE noise),
+curated training data (`pipelines.benchmarks._cases`, size^3 in a 256 mm box, TIGRE noise),
 at 25 and 50 views, with both representations (``NR_DIFFNR_VIEWS`` and ``NR_DIFFNR_NR`` restrict
 them, e.g. "25" and "gaussians"; the section then says what ran). Each case runs
 ``python -m pipelines.diffnr SCAN --nr NR --views N --compare`` and the segmentation of
@@ -24,7 +24,7 @@ from nr.downstream import compare
 from nr.io import Scan, read_nifti, write_scan
 from nr.ops.noise import simulate_projections
 from pipelines import diffnr
-from pipelines.benchmarks.cases import geometry, volumes
+from pipelines.benchmarks._cases import geometry, volumes
 
 TITLE = "DiffNR vs the NR alone"
 SIZE = 64

@@ -28,17 +28,9 @@ from nr.ops.fdk import fdk
 from nr.ops.iterative import SARTConfig, sart
 from nr.ops.noise import simulate_projections
 from nr.train import HashGridReconConfig, reconstruct_hashgrid
+from pipelines.benchmarks._timing import best_time
 
 TITLE = "Hash-grid field"
-
-
-def _best(fn: Callable[[], object], repeat: int) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def _encoding_speed(quick: bool) -> list[str]:
@@ -74,7 +66,7 @@ def _encoding_speed(quick: bool) -> list[str]:
         ("hash encoding", lambda: encode("compiled"), lambda: encode("torch")),
         ("encoding + NAF MLP", field_pass("compiled"), field_pass("torch")),
     ):
-        t_fast, t_slow = _best(fast, 2), _best(slow, 1 if quick else 2)
+        t_fast, t_slow = best_time(fast, 2), best_time(slow, 1 if quick else 2)
         lines.append(f"| {name} | {t_fast:.3f} | {t_slow:.3f} | {t_slow / t_fast:.1f}x |")
     return lines
 
@@ -101,7 +93,7 @@ def _rendering_speed(quick: bool) -> list[str]:
             field.zero_grad(set_to_none=True)
             field.render_projections(geo, ids[:count]).sum().backward()
 
-        seconds = _best(run, 1)
+        seconds = best_time(run, 1)
         # The ray renderer is timed on one view and scaled: its cost is linear in the views.
         seconds *= views / count
         lines.append(f"| {label} | {points:,} | {seconds:.2f} | {seconds / views:.2f} |")

@@ -1,7 +1,7 @@
 """Quality of the classical reconstructions at 25/50/75 views (noisy, TIGRE's noise model).
 
 The embedded head phantom and the development volumes, all at 64^3 with a 64^2 detector
-(`pipelines.benchmarks.cases`, as the DiffNR benchmark), each scanned over 360 degrees with
+(`pipelines.benchmarks._cases`, as the DiffNR benchmark), each scanned over 360 degrees with
 I0 = 1e5 Poisson and Gaussian (0, 10) noise, seed 0. PSNR/SSIM3D against the ground truth
 with data range 1.
 """
@@ -14,7 +14,7 @@ import torch
 
 from nr.io import Scan
 from nr.ops.noise import simulate_projections
-from pipelines.benchmarks.cases import geometry, volumes
+from pipelines.benchmarks._cases import geometry, volumes
 from pipelines.common import quality
 from pipelines.recon import classical_method
 

@@ -7,26 +7,15 @@ throughputs agree. Every peer runs in this process on the same problem size.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-
 import numpy as np
 import torch
 
 from nr.geometry import ConeBeamGeometry
 from nr.ops.projector import backproject, project
 from nr.phantoms import Ellipsoid, line_integrals, voxelise
+from pipelines.benchmarks._timing import best_time
 
 TITLE = "Projector speed"
-
-
-def _best(fn: Callable[[], object], repeat: int) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def _row(name: str, seconds: float, samples: float, reference: float | None) -> str:
@@ -47,10 +36,10 @@ def _cone_3d(quick: bool) -> list[str]:
         volume = torch.rand(geo.volume_shape)
         sino = project(volume, geo, backend="compiled")
         samples = float(np.prod(geo.projection_shape)) * n
-        fwd = _best(lambda g=geo, v=volume: project(v, g, backend="compiled"), 3)
-        adj = _best(lambda g=geo, s=sino: backproject(s, g, backend="compiled"), 3)
-        fwd_twin = _best(lambda g=geo, v=volume: project(v, g, backend="torch"), 1)
-        adj_twin = _best(lambda g=geo, s=sino: backproject(s, g, backend="torch"), 1)
+        fwd = best_time(lambda g=geo, v=volume: project(v, g, backend="compiled"), 3)
+        adj = best_time(lambda g=geo, s=sino: backproject(s, g, backend="compiled"), 3)
+        fwd_twin = best_time(lambda g=geo, v=volume: project(v, g, backend="torch"), 1)
+        adj_twin = best_time(lambda g=geo, s=sino: backproject(s, g, backend="torch"), 1)
         lines += [
             _row(f"{n}^3 forward, compiled", fwd, samples, fwd),
             _row(f"{n}^3 forward, torch twin", fwd_twin, samples, fwd),
@@ -83,10 +72,10 @@ def _diffct(quick: bool) -> list[str]:
     volume = torch.rand(geo.volume_shape)
     sino = project(volume, geo, backend="compiled")
     samples = float(np.prod(geo.projection_shape)) * n
-    fwd = _best(lambda: project(volume, geo, backend="compiled"), 3)
-    adj = _best(lambda: backproject(sino, geo, backend="compiled"), 3)
-    peer_fwd = _best(lambda: peer.project(volume), 1)
-    peer_adj = _best(lambda: peer.backproject(sino.transpose(1, 2).contiguous()), 1)
+    fwd = best_time(lambda: project(volume, geo, backend="compiled"), 3)
+    adj = best_time(lambda: backproject(sino, geo, backend="compiled"), 3)
+    peer_fwd = best_time(lambda: peer.project(volume), 1)
+    peer_adj = best_time(lambda: peer.backproject(sino.transpose(1, 2).contiguous()), 1)
     return [
         header,
         "",
@@ -125,8 +114,8 @@ def _parallel_2d(quick: bool) -> list[str]:
         return f"{np.linalg.norm(sino - exact) / np.linalg.norm(exact):.2e}"
 
     sino = project(image, geo, backend="compiled")
-    fwd = _best(lambda: project(image, geo, backend="compiled"), 5)
-    adj = _best(lambda: backproject(sino, geo, backend="compiled"), 5)
+    fwd = best_time(lambda: project(image, geo, backend="compiled"), 5)
+    adj = best_time(lambda: backproject(sino, geo, backend="compiled"), 5)
     rows_fwd = [
         _row("ours (compiled Joseph)", fwd, samples, fwd) + f" {accuracy(sino[:, 0].numpy())} |"
     ]
@@ -137,9 +126,9 @@ def _parallel_2d(quick: bool) -> list[str]:
     img = image[0].numpy()
     degrees = np.degrees(angles)
     sk_sino = radon(img, degrees, circle=True)
-    t = _best(lambda: radon(img, degrees, circle=True), 3)
+    t = best_time(lambda: radon(img, degrees, circle=True), 3)
     rows_fwd.append(_row("scikit-image radon", t, samples, fwd) + f" {accuracy(sk_sino.T)} |")
-    t = _best(lambda: iradon(sk_sino, degrees, circle=True, filter_name=None), 3)
+    t = best_time(lambda: iradon(sk_sino, degrees, circle=True, filter_name=None), 3)
     rows_adj.append(_row("scikit-image iradon (filter_name=None)", t, samples, adj))
 
     try:
@@ -164,9 +153,9 @@ def _parallel_2d(quick: bool) -> list[str]:
                 astra.data2d.delete(data_id)
 
             # ASTRA's angle runs the other way round; the disc is symmetric, so compare as is.
-            t = _best(forward, 3)
+            t = best_time(forward, 3)
             rows_fwd.append(_row(f"ASTRA CPU '{kind}'", t, samples, fwd) + f" {accuracy(result)} |")
-            rows_adj.append(_row(f"ASTRA CPU '{kind}'", _best(adjoint, 3), samples, adj))
+            rows_adj.append(_row(f"ASTRA CPU '{kind}'", best_time(adjoint, 3), samples, adj))
             astra.projector.delete(projector)
     lines = [
         f"### 2D parallel beam: {n}^2 image, {n_angles} angles over 180 deg, {n} detector pixels",
