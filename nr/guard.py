@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from nr.geometry import ConeBeamGeometry
-from nr.ops.projector import project
+from nr.ops.projector import check_projections, project
 from nr.train import Hook, HookResult, Trainer
 
 LOG = logging.getLogger("nr")
@@ -97,16 +97,7 @@ class HallucinationGuard:
     def __init__(
         self, projections: torch.Tensor, geo: ConeBeamGeometry, config: GuardConfig = GuardConfig()
     ) -> None:
-        if not isinstance(geo, ConeBeamGeometry):
-            raise TypeError(f"geo: expected a ConeBeamGeometry, got {type(geo).__name__}")
-        if (
-            not isinstance(projections, torch.Tensor)
-            or tuple(projections.shape) != geo.projection_shape
-        ):
-            raise ValueError(
-                f"projections: expected a tensor of shape {geo.projection_shape}, got "
-                f"{getattr(projections, 'shape', type(projections).__name__)}"
-            )
+        check_projections(projections, geo)
         self.projections = projections.detach().float().cpu()
         self.geo = geo
         self.config = config

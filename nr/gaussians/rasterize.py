@@ -8,11 +8,52 @@ coordinates (u, v); ``C_g = [[a, b], [b, c]]`` is the inverse of the 2D covarian
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from nr._ext import require_compiled, use_compiled
 
 TWIN_BLOCK = 1 << 22  # (pixel, Gaussian) pairs per step of the brute-force twin (bounds memory)
+
+
+def check_gaussian_tensors(
+    tensors: Sequence[tuple[str, object, int | None]], batch: str, cutoff: float
+) -> tuple[int, ...]:
+    """Validate the per-Gaussian tensors of a kernel call and its cutoff (rasterizer, voxelizer).
+
+    Args:
+        tensors: (name, tensor, last) triples. The first tensor has shape (*B, last), B its
+            leading dimensions named by `batch`; the others (*B, last), or (*B,) when last
+            is None. All are float32 or float64 tensors of the first's dtype and device.
+        batch: the names of the dimensions of B for the error messages, e.g. "N, G".
+        cutoff: Mahalanobis distance beyond which a Gaussian does not contribute.
+
+    Returns:
+        B, the sizes of the leading dimensions.
+    """
+    lead_name, lead, lead_last = tensors[0]
+    for name, tensor, _ in tensors:
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"{name}: expected a torch.Tensor, got {type(tensor).__name__}")
+        if tensor.dtype not in (torch.float32, torch.float64) or tensor.dtype != lead.dtype:
+            raise TypeError(
+                f"{name}: expected float32 or float64 like {lead_name}, got {tensor.dtype}"
+            )
+        if tensor.device != lead.device:
+            raise ValueError(f"{name}: expected device {lead.device}, got {tensor.device}")
+    if lead.ndim != batch.count(",") + 2 or lead.shape[-1] != lead_last:
+        raise ValueError(
+            f"{lead_name}: expected shape ({batch}, {lead_last}), got {tuple(lead.shape)}"
+        )
+    sizes = tuple(lead.shape[:-1])
+    for name, tensor, last in tensors[1:]:
+        expected = sizes if last is None else (*sizes, last)
+        if tuple(tensor.shape) != expected:
+            raise ValueError(f"{name}: expected shape {expected}, got {tuple(tensor.shape)}")
+    if not cutoff > 0:
+        raise ValueError(f"cutoff: expected a positive number of standard deviations, got {cutoff}")
+    return sizes
 
 
 def _check(
@@ -23,25 +64,11 @@ def _check(
     width: int,
     cutoff: float,
 ) -> None:
-    for name, tensor in (("means2d", means2d), ("conics", conics), ("amps", amps)):
-        if not isinstance(tensor, torch.Tensor):
-            raise TypeError(f"{name}: expected a torch.Tensor, got {type(tensor).__name__}")
-        if tensor.dtype not in (torch.float32, torch.float64) or tensor.dtype != means2d.dtype:
-            raise TypeError(f"{name}: expected float32 or float64 like means2d, got {tensor.dtype}")
-        if tensor.device != means2d.device:
-            raise ValueError(f"{name}: expected device {means2d.device}, got {tensor.device}")
-    if means2d.ndim != 3 or means2d.shape[2] != 2:
-        raise ValueError(f"means2d: expected shape (N, G, 2), got {tuple(means2d.shape)}")
-    n, g = means2d.shape[:2]
-    if conics.shape != (n, g, 3):
-        raise ValueError(f"conics: expected shape {(n, g, 3)}, got {tuple(conics.shape)}")
-    if amps.shape != (n, g):
-        raise ValueError(f"amps: expected shape {(n, g)}, got {tuple(amps.shape)}")
+    tensors = (("means2d", means2d, 2), ("conics", conics, 3), ("amps", amps, None))
+    check_gaussian_tensors(tensors, "N, G", cutoff)
     for name, size in (("height", height), ("width", width)):
         if not isinstance(size, int) or size < 1:
             raise ValueError(f"{name}: expected a positive int, got {size!r}")
-    if not cutoff > 0:
-        raise ValueError(f"cutoff: expected a positive number of standard deviations, got {cutoff}")
 
 
 def rasterize_torch(

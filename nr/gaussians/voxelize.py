@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import torch
 
 from nr._ext import require_compiled, use_compiled
+from nr.gaussians.rasterize import check_gaussian_tensors
 
 TWIN_BLOCK = 1 << 22  # (voxel, Gaussian) pairs per step of the brute-force twin (bounds memory)
 
@@ -36,28 +37,14 @@ def _check(
     shape: Sequence[int],
     cutoff: float,
 ) -> tuple:
-    for name, tensor in (("means", means), ("precisions", precisions), ("densities", densities)):
-        if not isinstance(tensor, torch.Tensor):
-            raise TypeError(f"{name}: expected a torch.Tensor, got {type(tensor).__name__}")
-        if tensor.dtype not in (torch.float32, torch.float64) or tensor.dtype != means.dtype:
-            raise TypeError(f"{name}: expected float32 or float64 like means, got {tensor.dtype}")
-        if tensor.device != means.device:
-            raise ValueError(f"{name}: expected device {means.device}, got {tensor.device}")
-    if means.ndim != 2 or means.shape[1] != 3:
-        raise ValueError(f"means: expected shape (G, 3), got {tuple(means.shape)}")
-    g = means.shape[0]
-    if precisions.shape != (g, 6):
-        raise ValueError(f"precisions: expected shape {(g, 6)}, got {tuple(precisions.shape)}")
-    if densities.shape != (g,):
-        raise ValueError(f"densities: expected shape {(g,)}, got {tuple(densities.shape)}")
+    tensors = (("means", means, 3), ("precisions", precisions, 6), ("densities", densities, None))
+    check_gaussian_tensors(tensors, "G", cutoff)
     origin, spacing = _floats("origin", origin), _floats("spacing", spacing)
     if min(spacing) <= 0:
         raise ValueError(f"spacing: expected positive voxel sizes, got {spacing}")
     shape = tuple(shape)
     if len(shape) != 3 or not all(isinstance(n, int) and n >= 1 for n in shape):
         raise ValueError(f"shape: expected 3 positive ints (Z, Y, X), got {shape!r}")
-    if not cutoff > 0:
-        raise ValueError(f"cutoff: expected a positive number of standard deviations, got {cutoff}")
     return origin, spacing, shape
 
 

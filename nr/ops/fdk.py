@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from nr.geometry import ConeBeamGeometry
-from nr.ops.projector import _check_tensor, _view_ids
+from nr.ops.projector import _view_ids, check_projections
 
 FILTERS = ("ram_lak", "shepp_logan", "cosine", "hamming", "hann")
 # Voxel samples (voxels x views) per backprojection chunk: bounds memory to ~200 MB in float32.
@@ -62,14 +62,8 @@ def fdk(
     """
     if not isinstance(geo, ConeBeamGeometry):
         raise TypeError(f"geo: expected a ConeBeamGeometry, got {type(geo).__name__}")
-    if not isinstance(projections, torch.Tensor):
-        raise TypeError(
-            f"projections: expected a torch.Tensor, got {type(projections).__name__}"
-            " (wrap numpy arrays with torch.from_numpy)"
-        )
     ids = _view_ids(view_ids, geo.n_views)
-    n_v, n_u = (int(n) for n in geo.n_detector)
-    _check_tensor("projections", projections, (ids.size, n_v, n_u))
+    check_projections(projections, geo, n_views=ids.size)
     filtered = filter_projections(projections, geo, filter)
     weights = angular_weights(geo.angles[ids])
     return _weighted_backprojection(filtered, geo, ids, weights)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -31,9 +32,10 @@ from tqdm.auto import tqdm
 
 from nr.geometry import ConeBeamGeometry
 from nr.ops.fdk import fdk
-from nr.ops.projector import _check_tensor, _view_ids, backproject, project
+from nr.ops.projector import _check_tensor, _view_ids, backproject, check_projections, project
 
 Callback = Callable[[int, torch.Tensor], None]
+C = TypeVar("C")  # a solver's config class
 # Largest number of cached per-block V values (block count x voxels); above it V_b is recomputed.
 V_CACHE_ELEMENTS = 1 << 27
 # TIGRE's TV-gradient epsilon (POCS_TV.cu) and ASD-POCS stopping thresholds (pocs_algorithms.py).
@@ -149,13 +151,8 @@ class _Problem:
     ) -> None:
         if not isinstance(geo, ConeBeamGeometry):
             raise TypeError(f"geo: expected a ConeBeamGeometry, got {type(geo).__name__}")
-        if not isinstance(projections, torch.Tensor):
-            raise TypeError(
-                f"projections: expected a torch.Tensor, got {type(projections).__name__}"
-            )
         self.ids = _view_ids(view_ids, geo.n_views)
-        n_v, n_u = (int(n) for n in geo.n_detector)
-        _check_tensor("projections", projections, (self.ids.size, n_v, n_u))
+        check_projections(projections, geo, n_views=self.ids.size)
         self.projections = projections.detach()
         self.geo, self.backend = geo, backend
         if init is None:
@@ -163,8 +160,6 @@ class _Problem:
                 geo.volume_shape, dtype=projections.dtype, device=projections.device
             )
         else:
-            if not isinstance(init, torch.Tensor):
-                raise TypeError(f"init: expected a torch.Tensor, got {type(init).__name__}")
             _check_tensor("init", init, geo.volume_shape)
             self.init = init.detach().to(device=projections.device, dtype=projections.dtype).clone()
 
@@ -176,6 +171,25 @@ class _Problem:
 
     def residual_norm(self, volume: torch.Tensor) -> float:
         return float(torch.linalg.vector_norm(self.A(volume) - self.projections))
+
+
+def _prepare(
+    config: object,
+    default: C,
+    projections: torch.Tensor,
+    geo: ConeBeamGeometry,
+    view_ids: object,
+    init: torch.Tensor | None,
+    backend: str,
+) -> tuple[C, _Problem]:
+    """A solver's arguments, validated: its config (`default` when None, else of the same
+    class) and the `_Problem`."""
+    config = default if config is None else config
+    if not isinstance(config, type(default)):
+        raise TypeError(
+            f"config: expected {type(default).__name__} or None, got {type(config).__name__}"
+        )
+    return config, _Problem(projections, geo, view_ids, init, backend)
 
 
 class _SARTSweep:
@@ -234,15 +248,13 @@ def sart(
     Returns:
         (Z, Y, X) volume, projections' dtype and device.
     """
-    config = SARTConfig() if config is None else config
-    if not isinstance(config, SARTConfig):
-        raise TypeError(f"config: expected a SARTConfig, got {type(config).__name__}")
+    config, problem = _prepare(config, SARTConfig(), projections, geo, view_ids, init, backend)
     if config.block_size != 1:
         raise ValueError(
             f"config.block_size: SART updates one view at a time (1), got {config.block_size};"
             " use os_sart for blocks"
         )
-    return _run_sart(projections, geo, config, view_ids, init, callback, progress, backend, "SART")
+    return _run_sart(problem, config, callback, progress, "SART")
 
 
 def os_sart(
@@ -260,17 +272,15 @@ def os_sart(
 
     Arguments and result as `sart`; `config` defaults to ``SARTConfig(block_size=10)``.
     """
-    config = SARTConfig(block_size=10) if config is None else config
-    if not isinstance(config, SARTConfig):
-        raise TypeError(f"config: expected a SARTConfig, got {type(config).__name__}")
-    return _run_sart(
-        projections, geo, config, view_ids, init, callback, progress, backend, "OS-SART"
-    )
+    default = SARTConfig(block_size=10)
+    config, problem = _prepare(config, default, projections, geo, view_ids, init, backend)
+    return _run_sart(problem, config, callback, progress, "OS-SART")
 
 
-def _run_sart(projections, geo, config, view_ids, init, callback, progress, backend, name):
+def _run_sart(
+    problem: _Problem, config: SARTConfig, callback: Callback | None, progress: bool, name: str
+) -> torch.Tensor:
     with torch.no_grad():
-        problem = _Problem(projections, geo, view_ids, init, backend)
         sweep = _SARTSweep(problem, config.block_size, config.nonneg)
         volume, lmbda = problem.init, config.lmbda
         for it in tqdm(range(config.n_iter), desc=name, disable=not progress):
@@ -297,11 +307,8 @@ def cgls(
     Stops early when the gradient of the normal equations vanishes. No
     non-negativity (as TIGRE). Arguments and result as `sart`.
     """
-    config = CGLSConfig() if config is None else config
-    if not isinstance(config, CGLSConfig):
-        raise TypeError(f"config: expected a CGLSConfig, got {type(config).__name__}")
+    config, problem = _prepare(config, CGLSConfig(), projections, geo, view_ids, init, backend)
     with torch.no_grad():
-        problem = _Problem(projections, geo, view_ids, init, backend)
         x = problem.init
         r = problem.projections - problem.A(x)
         p = problem.At(r)
@@ -343,11 +350,9 @@ def asd_pocs(
     the two changes are antiparallel (cosine < -0.99) with ``dd <= epsilon``.
     Arguments and result as `sart`.
     """
-    config = ASDPOCSConfig() if config is None else config
-    if not isinstance(config, ASDPOCSConfig):
-        raise TypeError(f"config: expected an ASDPOCSConfig, got {type(config).__name__}")
+    default = ASDPOCSConfig()
+    config, problem = _prepare(config, default, projections, geo, view_ids, init, backend)
     with torch.no_grad():
-        problem = _Problem(projections, geo, view_ids, init, backend)
         epsilon = config.max_l2_err
         if epsilon is None:
             start = fdk(problem.projections, geo, view_ids=problem.ids)

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from nr.geometry import ConeBeamGeometry
-from nr.ops.projector import _check_tensor, project
+from nr.ops.projector import check_projections, project
 
 # Smallest photon count before the log (TIGRE would return NaN / inf below one count).
 MIN_COUNTS = 1.0
@@ -85,11 +85,7 @@ def add_tigre_noise(
         (N, V, U) noisy line integrals >= 0, projections' dtype and device.
     """
     config = NoiseConfig(i0=i0, gaussian=gaussian)
-    if not isinstance(projections, torch.Tensor):
-        raise TypeError(f"projections: expected a torch.Tensor, got {type(projections).__name__}")
-    if projections.ndim != 3:
-        raise ValueError(f"projections: expected (N, V, U), got shape {tuple(projections.shape)}")
-    _check_tensor("projections", projections, tuple(projections.shape))
+    check_projections(projections, None)
     if not isinstance(seed, (int, np.integer)):
         raise TypeError(f"seed: expected an int, got {type(seed).__name__}")
     peak = projections.max()

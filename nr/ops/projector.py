@@ -157,9 +157,37 @@ def backproject(
         gradient is `project`.
     """
     op = _operator(geo, view_ids, backend, projections, "projections")
-    n_v, n_u = (int(n) for n in geo.n_detector)
-    _check_tensor("projections", projections, (op.view_ids.size, n_v, n_u))
+    check_projections(projections, geo, n_views=op.view_ids.size)
     return _Backproject.apply(projections, op)
+
+
+def check_projections(
+    projections: object,
+    geo: ConeBeamGeometry | None,
+    name: str = "projections",
+    *,
+    n_views: int | None = None,
+) -> None:
+    """Raise unless `projections` is a finite float32/float64 (N, V, U) tensor of `geo`'s views.
+
+    Args:
+        projections: the argument to check; any device.
+        geo: the scan: V and U must be its detector rows and columns, N `n_views`
+            (``geo.n_views`` when None). None accepts any (N, V, U).
+        name: the argument's name in the error messages.
+        n_views: the expected N when the projections are a subset of the views.
+
+    Raises:
+        TypeError: not a tensor, not float32/float64, or `geo` not a `ConeBeamGeometry`.
+        ValueError: wrong shape, or NaN/inf values.
+    """
+    shape: tuple[int | str, ...] = ("N", "V", "U")
+    if geo is not None:
+        if not isinstance(geo, ConeBeamGeometry):
+            raise TypeError(f"geo: expected a ConeBeamGeometry, got {type(geo).__name__}")
+        n_v, n_u = (int(n) for n in geo.n_detector)
+        shape = (geo.n_views if n_views is None else n_views, n_v, n_u)
+    _check_tensor(name, projections, shape)
 
 
 def _operator(
@@ -199,11 +227,21 @@ def _view_ids(view_ids: object, n_views: int) -> np.ndarray:
     return ids.astype(np.int64)
 
 
-def _check_tensor(name: str, tensor: torch.Tensor, shape: tuple) -> None:
+def _check_tensor(name: str, tensor: object, shape: tuple[int | str, ...]) -> None:
+    """Raise unless `tensor` is a finite float32/float64 tensor of `shape`; a str entry
+    names a dimension of any size."""
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(
+            f"{name}: expected a torch.Tensor, got {type(tensor).__name__}"
+            " (wrap numpy arrays with torch.from_numpy)"
+        )
     if tensor.dtype not in (torch.float32, torch.float64):
         raise TypeError(f"{name}: expected float32 or float64, got {tensor.dtype}")
-    if tuple(tensor.shape) != tuple(shape):
-        raise ValueError(f"{name}: expected shape {tuple(shape)}, got {tuple(tensor.shape)}")
+    if tensor.ndim != len(shape) or any(
+        isinstance(n, int) and n != size for n, size in zip(shape, tensor.shape, strict=True)
+    ):
+        expected = ", ".join(str(n) for n in shape)
+        raise ValueError(f"{name}: expected shape ({expected}), got {tuple(tensor.shape)}")
     if not bool(torch.isfinite(tensor).all()):
         raise ValueError(f"{name}: values must be finite (found NaN or inf)")
 
