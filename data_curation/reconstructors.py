@@ -9,9 +9,9 @@ result a (Z, Y, X) float32 CPU tensor on ``geo.volume_shape``, plus its
 *standard* iteration count (what a converged run uses); curation runs it for a
 random fraction of that count. Built in:
 
-- "hashgrid": the hash-grid neural field (`nr.train.reconstruct_hashgrid`),
+- "hashgrid": the hash-grid neural field (`nr.recon.reconstruct_hashgrid`),
   standard count that of its default config; registered lazily.
-- "gaussians": R2-Gaussian (`nr.gaussians.recon.reconstruct_gaussians`),
+- "gaussians": R2-Gaussian (`nr.recon.reconstruct_gaussians`),
   standard count that of ``GaussianReconConfig.default()``; registered lazily.
 - "sart": SART from zero (`nr.ops.iterative.sart`), standard count 20
   (R2-Gaussian's baseline); cheap, for tests and for iterative-artifact data
@@ -88,9 +88,11 @@ def register(reconstructor: Reconstructor, *, overwrite: bool = False) -> None:
     name = reconstructor.name
     if not overwrite and (name in _REGISTRY or name in _LAZY):
         raise ValueError(f"name: a reconstructor {name!r} is already registered")
-    if isinstance(reconstructor.standard_iterations, bool) or not isinstance(
-        reconstructor.standard_iterations, int
-    ) or reconstructor.standard_iterations < 1:
+    if (
+        isinstance(reconstructor.standard_iterations, bool)
+        or not isinstance(reconstructor.standard_iterations, int)
+        or reconstructor.standard_iterations < 1
+    ):
         raise ValueError(
             f"standard_iterations: expected a positive int, got "
             f"{reconstructor.standard_iterations!r}"
@@ -136,10 +138,10 @@ def _import(name: str, module_name: str, *names: str) -> list:
 
 
 def _load_hashgrid() -> Reconstructor:
-    """`nr.train.reconstruct_hashgrid` with its default config; the seed sets the field's
+    """`nr.recon.reconstruct_hashgrid` with its default config; the seed sets the field's
     initialisation and the loop's view order."""
     config_cls, reconstruct_hashgrid = _import(
-        "hashgrid", "nr.train", "HashGridReconConfig", "reconstruct_hashgrid"
+        "hashgrid", "nr.recon", "HashGridReconConfig", "reconstruct_hashgrid"
     )
     base = config_cls()
 
@@ -147,8 +149,9 @@ def _load_hashgrid() -> Reconstructor:
         config = dataclasses.replace(
             base,
             field=dataclasses.replace(base.field, seed=seed),
-            train=dataclasses.replace(base.train, iterations=iterations, seed=seed,
-                                      progress=False, eval_every=0),
+            train=dataclasses.replace(
+                base.train, iterations=iterations, seed=seed, progress=False, eval_every=0
+            ),
         )
         return reconstruct_hashgrid(projections.float().contiguous(), geo, config)[0]
 
@@ -156,11 +159,11 @@ def _load_hashgrid() -> Reconstructor:
 
 
 def _load_gaussians() -> Reconstructor:
-    """`nr.gaussians.recon.reconstruct_gaussians` with ``GaussianReconConfig.default``
+    """`nr.recon.reconstruct_gaussians` with ``GaussianReconConfig.default``
     (its densification schedule scales with the iterations); the seed sets the initial
     points and the loop."""
     config_cls, reconstruct_gaussians = _import(
-        "gaussians", "nr.gaussians.recon", "GaussianReconConfig", "reconstruct_gaussians"
+        "gaussians", "nr.recon", "GaussianReconConfig", "reconstruct_gaussians"
     )
 
     def reconstruct(projections, geo, iterations, seed):

@@ -44,11 +44,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from nr.fields import FieldConfig, HashGridConfig, HashGridField
 from nr.geometry import ConeBeamGeometry
 from nr.losses import PROJECTION_LOSSES, dssim_loss, projection_loss, ssim3d_loss, tv3d_loss
 from nr.metrics import normalise, psnr3d, ssim3d
-from nr.ops.fdk import fdk
+from nr.ops.projector import check_projections
 from nr.representation import Representation
 
 SCHEDULES = ("exponential", "step")
@@ -197,18 +196,7 @@ class Trainer:
             representation, Representation
         ):
             raise TypeError("representation: expected an nn.Module implementing Representation")
-        if not isinstance(geo, ConeBeamGeometry):
-            raise TypeError(f"geo: expected a ConeBeamGeometry, got {type(geo).__name__}")
-        if (
-            not isinstance(projections, torch.Tensor)
-            or tuple(projections.shape) != geo.projection_shape
-        ):
-            raise ValueError(
-                f"projections: expected a tensor of shape {geo.projection_shape}, got "
-                f"{getattr(projections, 'shape', type(projections).__name__)}"
-            )
-        if not torch.isfinite(projections).all():
-            raise ValueError("projections: contains NaN or infinite values")
+        check_projections(projections, geo)
         if volume_gt is not None and tuple(volume_gt.shape) != geo.volume_shape:
             raise ValueError(
                 f"volume_gt: expected shape {geo.volume_shape}, got {tuple(volume_gt.shape)}"
@@ -458,100 +446,6 @@ class Trainer:
                 "tensorboard is not installed: pip install tensorboard (or the [logging] extra)"
             ) from error
         return SummaryWriter(str(self.out_dir / "tensorboard"))
-
-
-# The default reconstruction, sized for a 128^3 scan with 50 views on 2 CPU cores in about
-# 10 minutes (docs/fields.md): 8 levels of scale 1.5 (finest 273 cells; NAF's 16 levels of
-# scale 2 reach 524288 cells and cost 1.5x more per step), every step on the full grid.
-DEFAULT_FIELD = FieldConfig(encoding=HashGridConfig(n_levels=8, per_level_scale=1.5))
-DEFAULT_TRAIN = TrainConfig(iterations=250, views_per_iteration=10, eval_every=50)
-
-
-@dataclass(frozen=True)
-class HashGridReconConfig:
-    """`reconstruct_hashgrid`: the field, the loop, and how the attenuation scale is set.
-
-    The defaults (`DEFAULT_FIELD`, `DEFAULT_TRAIN`) are sized for a 128^3 scan with
-    50 views on 2 CPU cores.
-
-    Attributes:
-        field: the hash-grid field.
-        train: the loop.
-        auto_scale: set ``train.volume_scale`` to the 99.9th percentile of an
-            FDK reconstruction of the projections, ``field.attenuation_bound``
-            to ``bound_factor`` times it and ``field.initial_attenuation`` to the
-            FDK volume's mean (clipped to [0.01, 0.5] of the bound); the
-            resolved values are in the returned history's "config".
-        bound_factor: headroom of the field's output range over the scale.
-        coarse_fraction: sets ``field.coarse_iterations`` to this fraction of
-            ``train.iterations`` (the coarse-to-fine phase); None keeps the field's value.
-    """
-
-    field: FieldConfig = dataclasses.field(default_factory=lambda: DEFAULT_FIELD)
-    train: TrainConfig = dataclasses.field(default_factory=lambda: DEFAULT_TRAIN)
-    auto_scale: bool = True
-    bound_factor: float = 2.0
-    coarse_fraction: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.coarse_fraction is not None and not 0 <= self.coarse_fraction <= 1:
-            raise ValueError(
-                f"coarse_fraction: expected a number in [0, 1] or None, got {self.coarse_fraction}"
-            )
-
-
-def reconstruct_hashgrid(
-    projections: torch.Tensor,
-    geo: ConeBeamGeometry,
-    config: HashGridReconConfig = HashGridReconConfig(),
-    volume_gt: torch.Tensor | None = None,
-    out_dir: str | Path | None = None,
-    hooks: Sequence[Hook] = (),
-) -> tuple[torch.Tensor, dict[str, Any]]:
-    """Fit a `HashGridField` to the projections of `geo`.
-
-    Args:
-        projections: (N, V, U) line integrals of all views of `geo`.
-        geo: the scan.
-        config: field, loop and scaling.
-        volume_gt: optional (Z, Y, X) ground truth for PSNR/SSIM curves.
-        out_dir: checkpoints (resumed when present) and TensorBoard logs.
-        hooks: hooks of the loop (e.g. a SliceFixer prior).
-
-    Returns:
-        The (Z, Y, X) float32 CPU volume (attenuation per mm) and the history,
-        with the resolved configuration under "config".
-    """
-    if not isinstance(config, HashGridReconConfig):
-        raise TypeError(f"config: expected a HashGridReconConfig, got {type(config).__name__}")
-    if config.auto_scale:
-        if not isinstance(projections, torch.Tensor):
-            raise TypeError(
-                f"projections: expected a torch.Tensor, got {type(projections).__name__}"
-            )
-        volume = fdk(projections.float(), geo).flatten()[::7]
-        scale = float(torch.quantile(volume, 0.999))
-        if not scale > 0:
-            raise ValueError("projections: the FDK reconstruction has no positive attenuation")
-        bound = config.bound_factor * scale
-        initial = min(max(float(volume.clamp(min=0).mean()), 0.01 * bound), 0.5 * bound)
-        config = dataclasses.replace(
-            config,
-            field=dataclasses.replace(
-                config.field, attenuation_bound=bound, initial_attenuation=initial
-            ),
-            train=dataclasses.replace(config.train, volume_scale=scale),
-        )
-    if config.coarse_fraction is not None:
-        coarse = int(config.coarse_fraction * config.train.iterations)
-        config = dataclasses.replace(
-            config, field=dataclasses.replace(config.field, coarse_iterations=coarse)
-        )
-    field = HashGridField(geo, config.field)
-    trainer = Trainer(field, projections, geo, config.train, volume_gt, hooks, out_dir)
-    history = trainer.run()
-    history["config"] = dataclasses.asdict(config)
-    return trainer.volume(), history
 
 
 def plot_curves(history: dict[str, Any], path: str | Path) -> None:

@@ -23,7 +23,12 @@ from nr.io.resample import resample_cube
 from nr.metrics import psnr3d, ssim3d
 from nr.ops.noise import NoiseConfig
 from nr.ops.projector import project
-from nr.train import HashGridReconConfig, reconstruct_hashgrid
+from nr.recon import (
+    GaussianReconConfig,
+    HashGridReconConfig,
+    reconstruct_gaussians,
+    reconstruct_hashgrid,
+)
 from nr.viz import save_montage
 
 LOG = logging.getLogger("nr")
@@ -212,8 +217,6 @@ def nr_config(name: str, iterations: int | None, seed: int):
     """The default configuration of a neural representation ("gaussians" or "hashgrid"),
     with the loop seeded by `seed`."""
     if name == "gaussians":
-        from nr.gaussians.recon import GaussianReconConfig
-
         config = GaussianReconConfig.default(iterations)
     else:
         config = HashGridReconConfig()
@@ -231,8 +234,6 @@ def nr_config(name: str, iterations: int | None, seed: int):
 def reconstruct(name: str, scan: Scan, config, out_dir: Path | None, hooks=()):
     """Fit the representation `name` to `scan`; returns (volume, history)."""
     if name == "gaussians":
-        from nr.gaussians.recon import reconstruct_gaussians
-
         return reconstruct_gaussians(
             scan.projections, scan.geo, config, scan.volume_gt, out_dir, hooks
         )

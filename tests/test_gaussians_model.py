@@ -1,6 +1,8 @@
-"""The Gaussian model, its initialisation, density control and training through nr.train."""
+"""The Gaussian model, its initialisation, density control and training (nr.train, nr.recon)."""
 
+import ast
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,10 +11,12 @@ import torch
 from nr.gaussians.density import DensityControl
 from nr.gaussians.init import InitConfig, initial_points, nearest_neighbour_scales
 from nr.gaussians.model import GaussianConfig, GaussianModel
-from nr.gaussians.recon import GaussianReconConfig, reconstruct_gaussians
 from nr.geometry import ConeBeamGeometry
 from nr.ops.projector import project as project_volume
+from nr.recon import GaussianReconConfig, reconstruct_gaussians
 from nr.train import TrainConfig, Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny_geometry(n: int = 16, views: int = 6, mode: str = "cone") -> ConeBeamGeometry:
@@ -246,3 +250,35 @@ def test_bad_inputs_raise_clear_errors():
         InitConfig(mode="fdk")
     with pytest.raises(ValueError, match="projections"):
         reconstruct_gaussians(torch.zeros(3, 4, 4), geo)
+
+
+LOWER_LAYERS = (
+    "nr.train",
+    "nr.recon",
+    "nr.guard",
+    "nr.priors",
+    "slicefixer",
+    "data_curation",
+    "pipelines",
+)
+
+
+def test_representations_do_not_import_lower_layers():
+    """DESIGN.md's layers: nr.fields and nr.gaussians (layer 3) import nothing below them."""
+    offenders = []
+    for package in ("fields", "gaussians"):
+        for path in sorted((ROOT / "nr" / package).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.ImportFrom):
+                    module = node.module or ""
+                    names = [module] + [f"{module}.{alias.name}" for alias in node.names]
+                elif isinstance(node, ast.Import):
+                    names = [alias.name for alias in node.names]
+                else:
+                    continue
+                offenders += [
+                    f"{path.relative_to(ROOT)}: {name}"
+                    for name in names
+                    if any(name == m or name.startswith(m + ".") for m in LOWER_LAYERS)
+                ]
+    assert offenders == []

@@ -15,15 +15,8 @@ from nr.fields import FieldConfig, HashGridConfig, HashGridField
 from nr.geometry import ConeBeamGeometry
 from nr.losses import dssim_loss, projection_loss, tv3d_loss
 from nr.ops.projector import project
-from nr.train import (
-    HashGridReconConfig,
-    HookResult,
-    TrainConfig,
-    Trainer,
-    learning_rate,
-    plot_curves,
-    reconstruct_hashgrid,
-)
+from nr.recon import HashGridReconConfig, reconstruct_hashgrid
+from nr.train import HookResult, TrainConfig, Trainer, learning_rate, plot_curves
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = HashGridConfig(n_levels=4, log2_hashmap_size=12, base_resolution=4, per_level_scale=1.5)

@@ -1,9 +1,7 @@
 """R2-Gaussian: 3D Gaussians for tomography, with a compiled X-ray rasterizer and voxelizer.
 
-        volume, history = reconstruct_gaussians(projections, geo, GaussianReconConfig.default())
-
-`nr.gaussians.recon` drives `nr.train.Trainer` and is not imported here, so the model and
-its kernels do not depend on the training loop.
+The reconstruction recipe that fits them through the training loop is
+`nr.recon.reconstruct_gaussians` (a layer below: the model does not depend on the loop).
 """
 
 from nr.gaussians.density import DensityControl

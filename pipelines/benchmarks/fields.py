@@ -27,7 +27,7 @@ from nr.metrics import psnr3d, ssim3d
 from nr.ops.fdk import fdk
 from nr.ops.iterative import SARTConfig, sart
 from nr.ops.noise import simulate_projections
-from nr.train import HashGridReconConfig, reconstruct_hashgrid
+from nr.recon import HashGridReconConfig, reconstruct_hashgrid
 from pipelines.benchmarks._timing import best_time
 
 TITLE = "Hash-grid field"

@@ -23,11 +23,11 @@ import torch
 from nr.assets import embedded_volume
 from nr.gaussians.projection import Cameras, precisions, project
 from nr.gaussians.rasterize import rasterize
-from nr.gaussians.recon import GaussianReconConfig, reconstruct_gaussians
 from nr.gaussians.voxelize import voxelize
 from nr.geometry import ConeBeamGeometry
 from nr.metrics import psnr3d, ssim3d
 from nr.ops.projector import project as project_volume
+from nr.recon import GaussianReconConfig, reconstruct_gaussians
 
 TITLE = "R2-Gaussian"
 

@@ -1,0 +1,212 @@
+"""The two reconstruction recipes on `nr.train.Trainer`: a hash-grid field and R2-Gaussian.
+
+    volume, history = reconstruct_hashgrid(projections, geo, HashGridReconConfig())
+    volume, history = reconstruct_gaussians(projections, geo, GaussianReconConfig.default())
+
+Both start with an FDK reconstruction of the projections: its 99.9th percentile is the
+attenuation that counts as 1 in the losses (``TrainConfig.volume_scale``, see `nr.train`).
+The hash-grid recipe also sets the field's output range and initial value from it; the
+Gaussian recipe seeds the Gaussians with it (`nr.gaussians.init`) and then minimises
+R2-Gaussian's L1 + 0.25 D-SSIM on projections + 0.05 3D TV on 32^3 crops with
+exponentially decaying learning rates, densifying on the schedule of `DensityControl`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nr.fields import FieldConfig, HashGridConfig, HashGridField
+from nr.gaussians import DensityControl, GaussianConfig, GaussianModel, InitConfig, initial_points
+from nr.geometry import ConeBeamGeometry
+from nr.ops.fdk import fdk
+from nr.ops.projector import check_projections
+from nr.train import Hook, TrainConfig, Trainer
+
+# The default hash-grid reconstruction, sized for a 128^3 scan with 50 views on 2 CPU cores in
+# about 10 minutes (docs/fields.md): 8 levels of scale 1.5 (finest 273 cells; NAF's 16 levels
+# of scale 2 reach 524288 cells and cost 1.5x more per step), every step on the full grid.
+DEFAULT_FIELD = FieldConfig(encoding=HashGridConfig(n_levels=8, per_level_scale=1.5))
+DEFAULT_TRAIN = TrainConfig(iterations=250, views_per_iteration=10, eval_every=50)
+
+
+@dataclass(frozen=True)
+class HashGridReconConfig:
+    """`reconstruct_hashgrid`: the field, the loop, and how the attenuation scale is set.
+
+    The defaults (`DEFAULT_FIELD`, `DEFAULT_TRAIN`) are sized for a 128^3 scan with
+    50 views on 2 CPU cores.
+
+    Attributes:
+        field: the hash-grid field.
+        train: the loop.
+        auto_scale: set ``train.volume_scale`` to the 99.9th percentile of an
+            FDK reconstruction of the projections, ``field.attenuation_bound``
+            to ``bound_factor`` times it and ``field.initial_attenuation`` to the
+            FDK volume's mean (clipped to [0.01, 0.5] of the bound); the
+            resolved values are in the returned history's "config".
+        bound_factor: headroom of the field's output range over the scale.
+        coarse_fraction: sets ``field.coarse_iterations`` to this fraction of
+            ``train.iterations`` (the coarse-to-fine phase); None keeps the field's value.
+    """
+
+    field: FieldConfig = dataclasses.field(default_factory=lambda: DEFAULT_FIELD)
+    train: TrainConfig = dataclasses.field(default_factory=lambda: DEFAULT_TRAIN)
+    auto_scale: bool = True
+    bound_factor: float = 2.0
+    coarse_fraction: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.coarse_fraction is not None and not 0 <= self.coarse_fraction <= 1:
+            raise ValueError(
+                f"coarse_fraction: expected a number in [0, 1] or None, got {self.coarse_fraction}"
+            )
+
+
+def reconstruct_hashgrid(
+    projections: torch.Tensor,
+    geo: ConeBeamGeometry,
+    config: HashGridReconConfig = HashGridReconConfig(),
+    volume_gt: torch.Tensor | None = None,
+    out_dir: str | Path | None = None,
+    hooks: Sequence[Hook] = (),
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Fit a `HashGridField` to the projections of `geo`.
+
+    Args:
+        projections: (N, V, U) line integrals of all views of `geo`.
+        geo: the scan.
+        config: field, loop and scaling.
+        volume_gt: optional (Z, Y, X) ground truth for PSNR/SSIM curves.
+        out_dir: checkpoints (resumed when present) and TensorBoard logs.
+        hooks: hooks of the loop (e.g. a SliceFixer prior).
+
+    Returns:
+        The (Z, Y, X) float32 CPU volume (attenuation per mm) and the history,
+        with the resolved configuration under "config".
+    """
+    if not isinstance(config, HashGridReconConfig):
+        raise TypeError(f"config: expected a HashGridReconConfig, got {type(config).__name__}")
+    check_projections(projections, geo)
+    if config.auto_scale:
+        reference = fdk(projections.float(), geo)
+        scale = _fdk_scale(reference)
+        bound = config.bound_factor * scale
+        mean = float(reference.flatten()[::7].clamp(min=0).mean())
+        initial = min(max(mean, 0.01 * bound), 0.5 * bound)
+        config = dataclasses.replace(
+            config,
+            field=dataclasses.replace(
+                config.field, attenuation_bound=bound, initial_attenuation=initial
+            ),
+            train=dataclasses.replace(config.train, volume_scale=scale),
+        )
+    if config.coarse_fraction is not None:
+        coarse = int(config.coarse_fraction * config.train.iterations)
+        config = dataclasses.replace(
+            config, field=dataclasses.replace(config.field, coarse_iterations=coarse)
+        )
+    field = HashGridField(geo, config.field)
+    trainer = Trainer(field, projections, geo, config.train, volume_gt, hooks, out_dir)
+    history = trainer.run()
+    history["config"] = dataclasses.asdict(config)
+    return trainer.volume(), history
+
+
+@dataclass(frozen=True)
+class GaussianReconConfig:
+    """`reconstruct_gaussians`: initialisation, model, loop and the attenuation scale.
+
+    Attributes:
+        init: initial Gaussians ("volume" mode uses FDK of the training views).
+        model: the Gaussians, learning rates and density control.
+        train: the loop (R2-Gaussian's losses: L1 + 0.25 D-SSIM + 0.05 TV on 32^3 crops).
+        auto_scale: set ``train.volume_scale`` and ``model.density_unit`` to the 99.9th
+            percentile of the FDK reconstruction (resolved values in the history's "config").
+    """
+
+    init: InitConfig = dataclasses.field(default_factory=InitConfig)
+    model: GaussianConfig = dataclasses.field(default_factory=GaussianConfig)
+    train: TrainConfig = dataclasses.field(
+        default_factory=lambda: TrainConfig(
+            iterations=30_000, views_per_iteration=1, lambda_dssim=0.25, lambda_tv=0.05
+        )
+    )
+    auto_scale: bool = True
+
+    @classmethod
+    def default(cls, iterations: int | None = None) -> GaussianReconConfig:
+        """The CPU default: R2-Gaussian's recipe on a shorter schedule and a smaller model.
+
+        1,000 iterations of 4 views (4,000 rendered views; R2-Gaussian renders 30,000, one
+        per iteration), 20,000 initial Gaussians (R2-Gaussian: 50,000) and at most 50,000
+        (R2-Gaussian: 500,000): sized for a 128^3 / 50-view scan in about 5 minutes on 2
+        cores. The density-control schedule keeps R2-Gaussian's proportions of the run
+        (start after 1/60, stop at 1/2) with a densification every 25 iterations = 100
+        views, as R2-Gaussian's every 100 iterations of one view.
+
+        Args:
+            iterations: overrides 1,000; the densification schedule scales with it.
+        """
+        iterations = 1000 if iterations is None else iterations
+        if not isinstance(iterations, int) or iterations < 1:
+            raise ValueError(f"iterations: expected a positive int, got {iterations!r}")
+        control = DensityControl(
+            start=iterations // 60, until=iterations // 2, every=25, max_gaussians=50_000
+        )
+        return cls(
+            init=InitConfig(n_points=20_000),
+            model=GaussianConfig(density_control=control),
+            train=TrainConfig(iterations=iterations, views_per_iteration=4, eval_every=0),
+        )
+
+
+def reconstruct_gaussians(
+    projections: torch.Tensor,
+    geo: ConeBeamGeometry,
+    config: GaussianReconConfig | None = None,
+    volume_gt: torch.Tensor | None = None,
+    out_dir: str | Path | None = None,
+    hooks: Sequence[Hook] = (),
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Fit Gaussians to the projections of `geo`; arguments as `reconstruct_hashgrid`.
+
+    `config` (initialisation, model, loop and scaling) defaults to
+    `GaussianReconConfig.default()`. Returns the (Z, Y, X) float32 CPU volume (attenuation
+    per mm) and the history, with the resolved configuration under "config" and the final
+    number of Gaussians under "gaussians".
+    """
+    config = GaussianReconConfig.default() if config is None else config
+    if not isinstance(config, GaussianReconConfig):
+        raise TypeError(f"config: expected a GaussianReconConfig, got {type(config).__name__}")
+    check_projections(projections, geo)
+    reference = fdk(projections.float().cpu(), geo)
+    unit = 1.0
+    if config.auto_scale:
+        unit = _fdk_scale(reference)
+        config = dataclasses.replace(
+            config,
+            model=dataclasses.replace(config.model, density_unit=unit),
+            train=dataclasses.replace(config.train, volume_scale=unit),
+        )
+    means, densities, scales = initial_points(geo, config.init, reference, unit)
+    model = GaussianModel(geo, means, densities, scales, config.model).to(projections.device)
+    trainer = Trainer(model, projections, geo, config.train, volume_gt, hooks, out_dir)
+    history = trainer.run()
+    history["config"] = dataclasses.asdict(config)
+    history["gaussians"] = model.count
+    return trainer.volume(), history
+
+
+def _fdk_scale(reference: torch.Tensor) -> float:
+    """The attenuation that counts as 1: the 99.9th percentile of every 7th voxel of the
+    (Z, Y, X) FDK reconstruction `reference` (a subsample: quantile sorts its input)."""
+    scale = float(torch.quantile(reference.flatten()[::7], 0.999))
+    if not scale > 0:
+        raise ValueError("projections: the FDK reconstruction has no positive attenuation")
+    return scale
