@@ -16,7 +16,7 @@ import torch
 
 from nr.geometry import ConeBeamGeometry
 from nr.ops.fdk import fdk
-from nr.ops.projector import backproject, project
+from nr.ops.projector import backproject, check_projections, project
 from nr.priors.blend_model import BlendPrior
 from nr.priors.sampler import BlendSampler, BlendSamplerConfig, IntensityMap
 
@@ -78,14 +78,7 @@ def reconstruct_blend(
         ``seconds``.
     """
     config = config or BlendReconConfig()
-    if (
-        not isinstance(projections, torch.Tensor)
-        or tuple(projections.shape) != geo.projection_shape
-    ):
-        raise ValueError(
-            f"projections: expected a tensor of shape {geo.projection_shape}, got "
-            f"{getattr(projections, 'shape', type(projections).__name__)}"
-        )
+    check_projections(projections, geo)
     started = time.perf_counter()
     projections = projections.float()
     initial = fdk(projections, geo)
