@@ -88,13 +88,28 @@ def test_hook_state_round_trip_reproduces_the_reference(scan):
         VoxelGrid(),
         projections,
         geo,
-        TrainConfig(iterations=1, tv_crop=4, eval_every=0, progress=False),
+        TrainConfig(iterations=2, tv_crop=4, eval_every=0, progress=False),
     )
     hook = make_hook(cg_iters=2)
     state = hook.state_dict()
     first = hook(trainer, 1).reference
     hook.load_state_dict(state)
     torch.testing.assert_close(hook(trainer, 1).reference, first, rtol=0, atol=0)
+
+
+def test_hook_makes_no_reference_after_the_last_step(scan):
+    geo, truth, projections = scan
+    hook = make_hook(cg_iters=1)
+    trainer = Trainer(
+        VoxelGrid(),
+        projections,
+        geo,
+        TrainConfig(iterations=3, tv_crop=4, eval_every=0, progress=False),
+        hooks=[hook],
+    )
+    trainer.run()
+    assert trainer.references == {} and hook.last == {}
+    assert hook(trainer, 2) is not None
 
 
 def test_hook_config_validation():

@@ -79,8 +79,13 @@ class BlendHook:
         self.generator = torch.Generator().manual_seed(self.config.seed)
         self.last: dict[str, float] = {}
 
-    def __call__(self, trainer: Trainer, iteration: int) -> HookResult:
-        """Pseudo-reference from the trainer's current volume; `last` records its cost."""
+    def __call__(self, trainer: Trainer, iteration: int) -> HookResult | None:
+        """Pseudo-reference from the trainer's current volume; `last` records its cost.
+
+        None after the last step: a reference made then would never be used.
+        """
+        if iteration >= trainer.config.iterations:
+            return None
         geo = trainer.geo
         projections = (trainer.targets * trainer.projection_unit).detach().cpu()
         volume = trainer.volume()
