@@ -8,9 +8,11 @@ coordinates (u, v); ``C_g = [[a, b], [b, c]]`` is the inverse of the 2D covarian
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
+import torch.utils.checkpoint
 
 from nr._ext import require_compiled, use_compiled
 
@@ -71,6 +73,34 @@ def _check(
             raise ValueError(f"{name}: expected a positive int, got {size!r}")
 
 
+def bounded_chunk(fn: Callable[..., torch.Tensor], *args: Any) -> torch.Tensor:
+    """`fn(*args)`, recomputed in the backward pass when autograd records it: the brute-force
+    twins then hold one chunk of (element, Gaussian) pairs at a time, not all of them."""
+    if torch.is_grad_enabled() and any(
+        isinstance(a, torch.Tensor) and a.requires_grad for a in args
+    ):
+        return torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False)
+    return fn(*args)
+
+
+def _chunk_image(
+    pixels_u: torch.Tensor,
+    pixels_v: torch.Tensor,
+    means2d: torch.Tensor,
+    conics: torch.Tensor,
+    amps: torch.Tensor,
+    cutoff: float,
+) -> torch.Tensor:
+    """(N, P) image of g Gaussians at P pixels (1, P, 1); means2d (N, g, 2), conics (N, g, 3)."""
+    du = pixels_u - means2d[:, None, :, 0]  # (N, P, g)
+    dv = pixels_v - means2d[:, None, :, 1]
+    a, b, c = (conics[:, None, :, i] for i in range(3))
+    power = a * du * du + 2 * b * du * dv + c * dv * dv
+    inside = power <= cutoff * cutoff
+    weight = torch.where(inside, torch.exp(-0.5 * power), torch.zeros_like(power))
+    return (weight * amps[:, None, :]).sum(dim=2)
+
+
 def rasterize_torch(
     means2d: torch.Tensor,
     conics: torch.Tensor,
@@ -81,7 +111,8 @@ def rasterize_torch(
 ) -> torch.Tensor:
     """Readable pure-torch twin of the compiled rasterizer (any device; autograd).
 
-    Brute force over pixels x Gaussians, in chunks of Gaussians to bound memory.
+    Brute force over pixels x Gaussians, in chunks of Gaussians; each chunk is recomputed in
+    the backward pass (`bounded_chunk`), so memory stays bounded under autograd too.
     Arguments and result as `rasterize`.
     """
     _check(means2d, conics, amps, height, width, cutoff)
@@ -95,13 +126,15 @@ def rasterize_torch(
     chunk = max(1, TWIN_BLOCK // (means2d.shape[0] * height * width))
     for start in range(0, means2d.shape[1], chunk):
         part = slice(start, start + chunk)
-        du = pixels_u - means2d[:, None, part, 0]  # (N, P, g)
-        dv = pixels_v - means2d[:, None, part, 1]
-        a, b, c = (conics[:, None, part, i] for i in range(3))
-        power = a * du * du + 2 * b * du * dv + c * dv * dv
-        inside = power <= cutoff * cutoff
-        weight = torch.where(inside, torch.exp(-0.5 * power), torch.zeros_like(power))
-        image = image + (weight * amps[:, None, part]).sum(dim=2)
+        image = image + bounded_chunk(
+            _chunk_image,
+            pixels_u,
+            pixels_v,
+            means2d[:, part],
+            conics[:, part],
+            amps[:, part],
+            cutoff,
+        )
     return image.reshape(-1, height, width)
 
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 
 from nr._ext import require_compiled, use_compiled
-from nr.gaussians.rasterize import check_gaussian_tensors
+from nr.gaussians.rasterize import bounded_chunk, check_gaussian_tensors
 
 TWIN_BLOCK = 1 << 22  # (voxel, Gaussian) pairs per step of the brute-force twin (bounds memory)
 
@@ -59,7 +59,8 @@ def voxelize_torch(
 ) -> torch.Tensor:
     """Readable pure-torch twin of the compiled voxelizer (any device; autograd).
 
-    Brute force over voxels x Gaussians, in chunks of Gaussians to bound memory.
+    Brute force over voxels x Gaussians, in chunks of Gaussians; each chunk is recomputed in
+    the backward pass (`bounded_chunk`), so memory stays bounded under autograd too.
     Arguments and result as `voxelize`.
     """
     origin, spacing, shape = _check(means, precisions, densities, origin, spacing, shape, cutoff)
@@ -73,19 +74,32 @@ def voxelize_torch(
     chunk = max(1, TWIN_BLOCK // centres.shape[0])
     for start in range(0, means.shape[0], chunk):
         part = slice(start, start + chunk)
-        d = centres - means[None, part]  # (M, g, 3)
-        xx, xy, xz, yy, yz, zz = (precisions[None, part, i] for i in range(6))
-        dx, dy, dz = d.unbind(-1)
-        power = (
-            xx * dx * dx
-            + yy * dy * dy
-            + zz * dz * dz
-            + 2 * (xy * dx * dy + xz * dx * dz + yz * dy * dz)
+        volume = volume + bounded_chunk(
+            _chunk_density, centres, means[part], precisions[part], densities[part], cutoff
         )
-        inside = power <= cutoff * cutoff
-        weight = torch.where(inside, torch.exp(-0.5 * power), torch.zeros_like(power))
-        volume = volume + (weight * densities[None, part]).sum(dim=1)
     return volume.reshape(shape)
+
+
+def _chunk_density(
+    centres: torch.Tensor,
+    means: torch.Tensor,
+    precisions: torch.Tensor,
+    densities: torch.Tensor,
+    cutoff: float,
+) -> torch.Tensor:
+    """(M,) density of g Gaussians at M voxel centres (M, 1, 3); means (g, 3), precisions (g, 6)."""
+    d = centres - means[None]  # (M, g, 3)
+    xx, xy, xz, yy, yz, zz = (precisions[None, :, i] for i in range(6))
+    dx, dy, dz = d.unbind(-1)
+    power = (
+        xx * dx * dx
+        + yy * dy * dy
+        + zz * dz * dz
+        + 2 * (xy * dx * dy + xz * dx * dz + yz * dy * dz)
+    )
+    inside = power <= cutoff * cutoff
+    weight = torch.where(inside, torch.exp(-0.5 * power), torch.zeros_like(power))
+    return (weight * densities[None]).sum(dim=1)
 
 
 class _Voxelize(torch.autograd.Function):
