@@ -59,16 +59,15 @@ def make_hook(cg_iters, every=3):
     return BlendHook(BlendPrior(PRESETS["tiny"]), config)
 
 
+def make_trainer(geo, projections, iterations, hooks=()):
+    config = TrainConfig(iterations=iterations, tv_crop=4, eval_every=0, progress=False)
+    return Trainer(VoxelGrid(), projections, geo, config, hooks=list(hooks))
+
+
 def test_hook_in_trainer_returns_a_data_consistent_reference(scan):
     geo, truth, projections = scan
     hook = make_hook(cg_iters=8)
-    trainer = Trainer(
-        VoxelGrid(),
-        projections,
-        geo,
-        TrainConfig(iterations=4, tv_crop=4, eval_every=0, progress=False),
-        hooks=[hook],
-    )
+    trainer = make_trainer(geo, projections, 4, [hook])
     trainer.run()
     reference = trainer.references[0].reference
     assert reference.shape == SHAPE and torch.isfinite(reference).all()
@@ -84,12 +83,7 @@ def test_hook_in_trainer_returns_a_data_consistent_reference(scan):
 
 def test_hook_state_round_trip_reproduces_the_reference(scan):
     geo, truth, projections = scan
-    trainer = Trainer(
-        VoxelGrid(),
-        projections,
-        geo,
-        TrainConfig(iterations=2, tv_crop=4, eval_every=0, progress=False),
-    )
+    trainer = make_trainer(geo, projections, 2)
     hook = make_hook(cg_iters=2)
     state = hook.state_dict()
     first = hook(trainer, 1).reference
@@ -100,13 +94,7 @@ def test_hook_state_round_trip_reproduces_the_reference(scan):
 def test_hook_makes_no_reference_after_the_last_step(scan):
     geo, truth, projections = scan
     hook = make_hook(cg_iters=1)
-    trainer = Trainer(
-        VoxelGrid(),
-        projections,
-        geo,
-        TrainConfig(iterations=3, tv_crop=4, eval_every=0, progress=False),
-        hooks=[hook],
-    )
+    trainer = make_trainer(geo, projections, 3, [hook])
     trainer.run()
     assert trainer.references == {} and hook.last == {}
     assert hook(trainer, 2) is not None
