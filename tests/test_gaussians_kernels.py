@@ -100,6 +100,34 @@ def test_project_kernel_equals_twin_forward_and_backward(mode):
 
 
 @needs_kernel
+@pytest.mark.parametrize("mode", ["cone", "parallel"])
+def test_project_kernel_shape_gradients_equal_twin_for_unnormalised_quaternions(mode):
+    cams = Cameras.from_geometry(small_geometry(mode), torch.float64)
+    means, scales, quats, rho = random_gaussians(32, torch.float64, seed=5)
+    # Quaternion norms from 1e-3 to 1e3: the kernel normalises them and differentiates that.
+    quats = quats * torch.logspace(-3, 3, 32, dtype=torch.float64)[:, None]
+    inputs = [t.detach().requires_grad_() for t in (means, scales, quats, rho)]
+    twin_inputs = [t.detach().requires_grad_() for t in (means, scales, quats, rho)]
+    out = project(*inputs, cams, backend="compiled")
+    # One autograd node: covariance and weights are formed inside the kernel.
+    leaves = [node.variable for node, _ in out[0].grad_fn.next_functions[:4]]
+    assert all(leaf is t for leaf, t in zip(leaves, inputs, strict=True))
+    twin = project_torch(*twin_inputs, cams)
+    gen = torch.Generator().manual_seed(6)
+    for index in (1, 2):  # conics and amps: the outputs that depend on scales and rotation
+        cotangent = torch.randn(twin[index].shape, generator=gen, dtype=torch.float64)
+        loss, twin_loss = ((o[index] * cotangent).sum() for o in (out, twin))
+        grads = torch.autograd.grad(loss, inputs[1:3], retain_graph=True)
+        twin_grads = torch.autograd.grad(twin_loss, twin_inputs[1:3], retain_graph=True)
+        for grad, expected in zip(grads, twin_grads, strict=True):
+            assert expected.abs().max() > 0
+            torch.testing.assert_close(grad, expected, rtol=1e-8, atol=1e-10 * expected.abs().max())
+    # The radial direction of a quaternion changes nothing: its gradient is tangential.
+    radial = (grads[1] * quats).sum(-1) / quats.norm(dim=-1)
+    assert radial.abs().max() < 1e-9 * grads[1].abs().max()
+
+
+@needs_kernel
 def test_voxelize_kernel_equals_twin_on_whole_grid_and_sub_box():
     means, scales, quats, rho = random_gaussians(64)
     means = means.clone()

@@ -185,12 +185,12 @@ def project_torch(
 
 class _Project(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, means, covs, weights, source, rows, offset, cone):  # noqa: D102
-        ctx.save_for_backward(means, covs, weights, source, rows, offset)
+    def forward(ctx, means, scales, quaternions, densities, source, rows, offset, cone):  # noqa: D102
+        ctx.save_for_backward(means, scales, quaternions, densities, source, rows, offset)
         ctx.cone = cone
         return tuple(
             require_compiled("gaussians").project_forward(
-                means, covs, weights, source, rows, offset, cone
+                means, scales, quaternions, densities, source, rows, offset, cone
             )
         )
 
@@ -212,9 +212,10 @@ def project(
 ) -> tuple[torch.Tensor, ...]:
     """Project 3D Gaussians into every view of `cameras` (EWA with the integration factor).
 
-    The per-Gaussian terms (covariance, ``rho sqrt(2 pi) s1 s2 s3``) are torch; the
-    per-(view, Gaussian) work runs in the compiled kernel on CPU (`backend` as in
-    `nr._ext.use_compiled`), in `project_torch` otherwise.
+    On CPU (`backend` as in `nr._ext.use_compiled`) one compiled kernel does everything,
+    forward and backward: the per-Gaussian covariance (from the normalised quaternion) and
+    ``rho sqrt(2 pi) s1 s2 s3``, then the per-(view, Gaussian) projection; `project_torch`
+    otherwise.
 
     Args:
         means: (G, 3) centres (x, y, z), mm.
@@ -244,8 +245,13 @@ def project(
             raise ValueError(f"{name}: expected shape {shape}, got {tuple(tensor.shape)}")
     if not use_compiled("gaussians", backend, *tensors):
         return project_torch(means, scales, quaternions, densities, cameras)
-    covs = covariances(scales, quaternions)[:, [0, 0, 0, 1, 1, 2], [0, 1, 2, 1, 2, 2]]
-    weights = densities * math.sqrt(2 * math.pi) * scales.prod(-1)
     return _Project.apply(
-        means, covs, weights, cameras.source, cameras.rows, cameras.offset, cameras.mode == "cone"
+        means,
+        scales,
+        quaternions,
+        densities,
+        cameras.source,
+        cameras.rows,
+        cameras.offset,
+        cameras.mode == "cone",
     )

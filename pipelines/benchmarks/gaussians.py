@@ -67,20 +67,29 @@ def _timed(fn, repeat: int) -> float:
 
 def _kernel_table(quick: bool) -> str:
     geo = ConeBeamGeometry.default(n_voxel=32 if quick else 64, n_views=4)
-    count = 500 if quick else 3000
-    gen = torch.Generator().manual_seed(0)
-    means = (torch.rand(count, 3, generator=gen) - 0.5) * 200.0
-    scales = torch.rand(count, 3, generator=gen) * 6.0 + 1.0
-    quats = torch.randn(count, 4, generator=gen)
-    rho = torch.rand(count, generator=gen)
-    inputs = [t.requires_grad_() for t in (means, scales, quats, rho)]
+    # The large projection size is that of the default 128^3 reconstruction (50k Gaussians).
+    count, large = (500, 5000) if quick else (3000, 50_000)
+
+    def gaussians(count):
+        gen = torch.Generator().manual_seed(0)
+        means = (torch.rand(count, 3, generator=gen) - 0.5) * 200.0
+        scales = torch.rand(count, 3, generator=gen) * 6.0 + 1.0
+        quats = torch.randn(count, 4, generator=gen)
+        rho = torch.rand(count, generator=gen)
+        return [t.requires_grad_() for t in (means, scales, quats, rho)]
+
+    inputs, large_inputs = gaussians(count), gaussians(large)
+    means, scales, quats, rho = inputs
     cams = Cameras.from_geometry(geo)
     height, width = (int(n) for n in geo.n_detector)
     side = int(geo.n_voxel[0])
     origin, spacing = geo.voxel_origin_xyz().tolist(), geo.voxel_size_xyz().tolist()
 
-    def projection(backend):
+    def projection(backend, inputs=inputs):
         return lambda: sum(t.sum() for t in project(*inputs, cams, backend=backend)).backward()
+
+    def large_projection(backend):
+        return projection(backend, large_inputs)
 
     projected = [t.detach().requires_grad_() for t in project(*inputs, cams)]
 
@@ -102,6 +111,7 @@ def _kernel_table(quick: bool) -> str:
     ]
     cases = [
         ("projection", f"{count} Gaussians x 4 views", projection),
+        ("projection", f"{large:,} Gaussians x 4 views", large_projection),
         ("rasterizer", f"{count} Gaussians, 4 views of {height}x{width}", raster),
         ("voxelizer", f"{count} Gaussians, {side}^3 voxels", voxel),
     ]

@@ -25,13 +25,15 @@ std::vector<torch::Tensor> voxelize_backward(const torch::Tensor& means, const t
                                              const std::vector<double>& origin,
                                              const std::vector<double>& spacing, double cutoff);
 
-std::vector<torch::Tensor> project_forward(const torch::Tensor& means, const torch::Tensor& covs,
-                                           const torch::Tensor& weights, const torch::Tensor& sources,
-                                           const torch::Tensor& rows, const torch::Tensor& offsets, bool cone);
+std::vector<torch::Tensor> project_forward(const torch::Tensor& means, const torch::Tensor& scales,
+                                           const torch::Tensor& quaternions, const torch::Tensor& densities,
+                                           const torch::Tensor& sources, const torch::Tensor& rows,
+                                           const torch::Tensor& offsets, bool cone);
 
-std::vector<torch::Tensor> project_backward(const torch::Tensor& means, const torch::Tensor& covs,
-                                            const torch::Tensor& weights, const torch::Tensor& sources,
-                                            const torch::Tensor& rows, const torch::Tensor& offsets, bool cone,
+std::vector<torch::Tensor> project_backward(const torch::Tensor& means, const torch::Tensor& scales,
+                                            const torch::Tensor& quaternions, const torch::Tensor& densities,
+                                            const torch::Tensor& sources, const torch::Tensor& rows,
+                                            const torch::Tensor& offsets, bool cone,
                                             const torch::Tensor& grad_means2d, const torch::Tensor& grad_conics,
                                             const torch::Tensor& grad_amps);
 
