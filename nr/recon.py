@@ -5,15 +5,18 @@
 
 Both start with an FDK reconstruction of the projections: its 99.9th percentile is the
 attenuation that counts as 1 in the losses (``TrainConfig.volume_scale``, see `nr.train`).
-The hash-grid recipe also sets the field's output range and initial value from it; the
-Gaussian recipe seeds the Gaussians with it (`nr.gaussians.init`) and then minimises
-R2-Gaussian's L1 + 0.25 D-SSIM on projections + 0.05 3D TV on 32^3 crops with
-exponentially decaying learning rates, densifying on the schedule of `DensityControl`.
+The hash-grid recipe also sets the field's output range and initial value from it. Both
+then warm up on a classical reconstruction (`nr.warm_start`, ASD-POCS by default): the
+Gaussians are seeded from its voxels (`nr.gaussians.init`) and both representations are
+fitted to it before the projection loop. The Gaussian recipe minimises R2-Gaussian's
+L1 + 0.25 D-SSIM on projections + 0.05 3D TV on 32^3 crops with exponentially decaying
+learning rates, densifying on the schedule of `DensityControl`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +27,12 @@ import torch
 from nr.fields import FieldConfig, HashGridConfig, HashGridField
 from nr.gaussians import DensityControl, GaussianConfig, GaussianModel, InitConfig, initial_points
 from nr.geometry import ConeBeamGeometry
+from nr.metrics import psnr3d
 from nr.ops.fdk import fdk
 from nr.ops.projector import check_projections
-from nr.train import Hook, TrainConfig, Trainer
+from nr.representation import Representation
+from nr.train import CHECKPOINT, Hook, TrainConfig, Trainer
+from nr.warm_start import WarmStartConfig, classical_start, fit_to_volume
 
 # The default hash-grid reconstruction, sized for a 128^3 scan with 50 views on 2 CPU cores in
 # about 10 minutes (docs/fields.md): 8 levels of scale 1.5 (finest 273 cells; NAF's 16 levels
@@ -53,10 +59,12 @@ class HashGridReconConfig:
         bound_factor: headroom of the field's output range over the scale.
         coarse_fraction: sets ``field.coarse_iterations`` to this fraction of
             ``train.iterations`` (the coarse-to-fine phase); None keeps the field's value.
+        warm_start: the classical reconstruction the field is fitted to before the loop.
     """
 
     field: FieldConfig = dataclasses.field(default_factory=lambda: DEFAULT_FIELD)
     train: TrainConfig = dataclasses.field(default_factory=lambda: DEFAULT_TRAIN)
+    warm_start: WarmStartConfig = dataclasses.field(default_factory=WarmStartConfig)
     auto_scale: bool = True
     bound_factor: float = 2.0
     coarse_fraction: float | None = None
@@ -94,7 +102,7 @@ def reconstruct_hashgrid(
         raise TypeError(f"config: expected a HashGridReconConfig, got {type(config).__name__}")
     check_projections(projections, geo)
     if config.auto_scale:
-        reference = fdk(projections.float(), geo)
+        reference = fdk(projections.float().cpu(), geo)
         scale = _fdk_scale(reference)
         bound = config.bound_factor * scale
         mean = float(reference.flatten()[::7].clamp(min=0).mean())
@@ -111,10 +119,15 @@ def reconstruct_hashgrid(
         config = dataclasses.replace(
             config, field=dataclasses.replace(config.field, coarse_iterations=coarse)
         )
-    field = HashGridField(geo, config.field)
+    began = time.perf_counter()
+    start = classical_start(projections, geo, config.warm_start.method)
+    warm = {"start_seconds": time.perf_counter() - began}
+    field = HashGridField(geo, config.field).to(projections.device)
+    warm |= _warm_up(field, geo, start, config.train, config.warm_start, volume_gt, out_dir)
     trainer = Trainer(field, projections, geo, config.train, volume_gt, hooks, out_dir)
     history = trainer.run()
     history["config"] = dataclasses.asdict(config)
+    history["warm_start"] = warm
     return trainer.volume(), history
 
 
@@ -128,6 +141,9 @@ class GaussianReconConfig:
         train: the loop (R2-Gaussian's losses: L1 + 0.25 D-SSIM + 0.05 TV on 32^3 crops).
         auto_scale: set ``train.volume_scale`` and ``model.density_unit`` to the 99.9th
             percentile of the FDK reconstruction (resolved values in the history's "config").
+        warm_start: the classical reconstruction that seeds the Gaussians (in "volume"
+            init mode; FDK when its method is "none") and that they are fitted to before
+            the loop.
     """
 
     init: InitConfig = dataclasses.field(default_factory=InitConfig)
@@ -138,6 +154,7 @@ class GaussianReconConfig:
         )
     )
     auto_scale: bool = True
+    warm_start: WarmStartConfig = dataclasses.field(default_factory=WarmStartConfig)
 
     @classmethod
     def default(cls, iterations: int | None = None) -> GaussianReconConfig:
@@ -194,13 +211,50 @@ def reconstruct_gaussians(
             model=dataclasses.replace(config.model, density_unit=unit),
             train=dataclasses.replace(config.train, volume_scale=unit),
         )
-    means, densities, scales = initial_points(geo, config.init, reference, unit)
+    began = time.perf_counter()
+    start = classical_start(projections, geo, config.warm_start.method)
+    warm = {"start_seconds": time.perf_counter() - began}
+    seed_volume = reference if start is None else start
+    means, densities, scales = initial_points(geo, config.init, seed_volume, unit)
     model = GaussianModel(geo, means, densities, scales, config.model).to(projections.device)
+    warm |= _warm_up(model, geo, start, config.train, config.warm_start, volume_gt, out_dir)
     trainer = Trainer(model, projections, geo, config.train, volume_gt, hooks, out_dir)
     history = trainer.run()
     history["config"] = dataclasses.asdict(config)
+    history["warm_start"] = warm
     history["gaussians"] = model.count
     return trainer.volume(), history
+
+
+def _warm_up(
+    representation: Representation,
+    geo: ConeBeamGeometry,
+    start: torch.Tensor | None,
+    train: TrainConfig,
+    config: WarmStartConfig,
+    volume_gt: torch.Tensor | None,
+    out_dir: str | Path | None,
+) -> dict[str, Any]:
+    """Fit `representation` to the classical volume `start` unless there is none or the
+    loop will resume from a checkpoint in `out_dir`; returns what the history records."""
+    record: dict[str, Any] = {"method": config.method, "steps": 0}
+    if start is None or config.steps == 0:
+        return record
+    if volume_gt is not None:
+        volume_gt = torch.as_tensor(volume_gt).float().cpu()
+        record["start_psnr"] = float(psnr3d(start, volume_gt))
+    if out_dir is not None and (Path(out_dir) / CHECKPOINT).exists():
+        record["skipped"] = "resumed from a checkpoint"
+        return record
+    began = time.perf_counter()
+    losses = fit_to_volume(representation, geo, start, train.volume_scale, config, train.progress)
+    record.update(
+        steps=config.steps, final_loss=losses[-1], fit_seconds=time.perf_counter() - began
+    )
+    if volume_gt is not None:
+        with torch.no_grad():
+            record["fitted_psnr"] = float(psnr3d(representation.to_volume(geo).cpu(), volume_gt))
+    return record
 
 
 def _fdk_scale(reference: torch.Tensor) -> float:

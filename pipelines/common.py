@@ -30,6 +30,8 @@ from nr.recon import (
     reconstruct_hashgrid,
 )
 from nr.viz import save_montage
+from nr.warm_start import METHODS as WARM_START_METHODS
+from nr.warm_start import WarmStartConfig
 
 LOG = logging.getLogger("nr")
 
@@ -213,9 +215,20 @@ def caption(metrics: Mapping[str, float]) -> str:
     return f"residual {metrics['data_residual']:.3f}"
 
 
-def nr_config(name: str, iterations: int | None, seed: int):
+def add_warm_start_argument(parser: argparse.ArgumentParser) -> None:
+    """``--warm-start``: the classical volume a neural representation is fitted to first."""
+    parser.add_argument(
+        "--warm-start",
+        choices=WARM_START_METHODS,
+        default=WarmStartConfig.method,
+        help="neural methods: classical reconstruction the representation is fitted to before "
+        f"training (default {WarmStartConfig.method}; docs/training.md)",
+    )
+
+
+def nr_config(name: str, iterations: int | None, seed: int, warm_start: str = "asd_pocs"):
     """The default configuration of a neural representation ("gaussians" or "hashgrid"),
-    with the loop seeded by `seed`."""
+    with the loop seeded by `seed` and the warm start of method `warm_start`."""
     if name == "gaussians":
         config = GaussianReconConfig.default(iterations)
     else:
@@ -228,7 +241,8 @@ def nr_config(name: str, iterations: int | None, seed: int):
     # Checkpoint ten times per run (in the run folder): the same command resumes a killed run.
     every = max(1, train.iterations // 10)
     train = dataclasses.replace(train, seed=seed, checkpoint_every=every)
-    return dataclasses.replace(config, train=train)
+    warm = dataclasses.replace(config.warm_start, method=warm_start)
+    return dataclasses.replace(config, train=train, warm_start=warm)
 
 
 def reconstruct(name: str, scan: Scan, config, out_dir: Path | None, hooks=()):

@@ -33,6 +33,7 @@ from pipelines.common import (
     LOG,
     RunFolder,
     add_scan_arguments,
+    add_warm_start_argument,
     caption,
     nr_config,
     quality,
@@ -83,6 +84,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_scan_arguments(parser, default_views=25)
+    add_warm_start_argument(parser)
     parser.add_argument(
         "--nr",
         choices=["gaussians", "hashgrid"],
@@ -162,7 +164,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.manual_seed(args.seed)
     scan = resolve_scan(args.input, args.views, args.noise, args.seed, args.size)
     LOG.info("scan: %d views, volume %s", scan.geo.n_views, "x".join(map(str, scan.geo.n_voxel)))
-    config = nr_config(args.nr, args.iterations, args.seed)
+    config = nr_config(args.nr, args.iterations, args.seed, args.warm_start)
     iterations = config.train.iterations
     guard = HallucinationGuard(
         scan.projections, scan.geo, GuardConfig(args.guard_accept, args.guard_reject)

@@ -34,6 +34,7 @@ from pipelines.common import (
     LOG,
     RunFolder,
     add_scan_arguments,
+    add_warm_start_argument,
     caption,
     nr_config,
     quality,
@@ -85,6 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
         "default); checkpoints in DIR/training resume an interrupted run",
     )
     add_scan_arguments(parser, default_views=50)
+    add_warm_start_argument(parser)
     args = parser.parse_args(argv)
 
     out = RunFolder(args.out)
@@ -100,7 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.method in CLASSICAL:
         run, config = classical_method(args.method, args.filter)
     else:
-        config = nr_config(args.method, args.iterations, args.seed)
+        config = nr_config(args.method, args.iterations, args.seed, args.warm_start)
 
         def run(scan: Scan) -> torch.Tensor:
             nonlocal history

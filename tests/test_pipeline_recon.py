@@ -50,8 +50,8 @@ def test_recon_rejects_a_bad_input(tmp_path):
     assert not (tmp_path / "out" / "volume.nii.gz").exists()
 
 
-@pytest.mark.parametrize("method", ["gaussians", "hashgrid"])
-def test_recon_neural_methods_train_and_plot(small_volume, tmp_path, method):
+@pytest.mark.parametrize("method, warm_start", [("gaussians", "asd_pocs"), ("hashgrid", "none")])
+def test_recon_neural_methods_train_and_plot(small_volume, tmp_path, method, warm_start):
     out = tmp_path / method
     metrics = recon.main(
         [
@@ -64,9 +64,13 @@ def test_recon_neural_methods_train_and_plot(small_volume, tmp_path, method):
             "6",
             "--noise",
             "none",
+            "--warm-start",
+            warm_start,
             "--out",
             str(out),
         ]
     )
     assert (out / "curves.png").is_file() and (out / "volume.nii.gz").is_file()
     assert np.isfinite(metrics["psnr"])
+    config = json.loads((out / "config.json").read_text())
+    assert config["method_config"]["warm_start"]["method"] == warm_start
