@@ -1,15 +1,15 @@
 """Reconstruct one scan with the DiffusionBlend prior (blended DDIM + cone-beam CG).
 
     python -m pipelines.diffusionblend [INPUT] --model DIR --views N --out DIR
-        [--steps 50] [--eta 0.85] [--cg-iters 5] [--init noise|fdk] [--t0 500]
+        [--steps 50] [--eta 0.85] [--cg-iters 5] [--init noise|fdk|sart|asd_pocs] [--t0 500]
 
 INPUT as in ``pipelines.recon``. DIR of --model is a folder written by
 ``python -m pipelines.train_blend`` (its ``model/``); default:
 ``assets/diffusionblend`` when shipped. The reconstruction grid's in-plane size
 should equal the model's training resolution. Writes to --out: volume.nii.gz,
 metrics.json (PSNR/SSIM when the ground truth is known, data residual, time,
-network evaluations; the same for the FDK start), config.json, montage.png and
-run.log.
+network evaluations; the same for FDK and for a classical start), config.json,
+montage.png and run.log.
 """
 
 from __future__ import annotations
@@ -56,7 +56,9 @@ def main(argv: list[str] | None = None) -> dict:
         "--batch", type=int, default=sampler_defaults.batch_size, help="patches per network pass"
     )
     parser.add_argument("--init", choices=INITS, default=defaults.init)
-    parser.add_argument("--t0", type=int, default=defaults.t0, help="start time of --init fdk")
+    parser.add_argument(
+        "--t0", type=int, default=defaults.t0, help="start time of a reconstruction --init"
+    )
     parser.add_argument(
         "--intensity-high",
         type=float,
@@ -110,9 +112,11 @@ def main(argv: list[str] | None = None) -> dict:
         "method": "diffusionblend",
         "views": scan.geo.n_views,
         **quality(volume, scan),
-        **{k: v for k, v in info.items() if k != "fdk"},
+        **{k: v for k, v in info.items() if k not in ("fdk", "start")},
         "fdk": quality(info["fdk"], scan),
     }
+    if info["start"] is not None:
+        metrics["start"] = {"method": args.init, **quality(info["start"], scan)}
     LOG.info(
         "diffusionblend: %s in %.1f s (%d patch evaluations)",
         caption(metrics),
@@ -122,10 +126,13 @@ def main(argv: list[str] | None = None) -> dict:
     out.write_volume(volume, scan.geo)
     out.write_json("metrics.json", metrics)
     shown = {} if scan.volume_gt is None else {"ground truth": scan.volume_gt}
-    shown.update({"FDK": info["fdk"], "DiffusionBlend": volume})
-    out.write_montage(
-        shown, captions={"FDK": caption(metrics["fdk"]), "DiffusionBlend": caption(metrics)}
-    )
+    shown["FDK"] = info["fdk"]
+    captions = {"FDK": caption(metrics["fdk"]), "DiffusionBlend": caption(metrics)}
+    if info["start"] is not None:
+        shown[args.init] = info["start"]
+        captions[args.init] = caption(metrics["start"])
+    shown["DiffusionBlend"] = volume
+    out.write_montage(shown, captions=captions)
     return metrics
 
 

@@ -22,7 +22,7 @@ def inputs(tmp_path):
     return volume, tmp_path / "model"
 
 
-@pytest.mark.parametrize("init", ["noise", "fdk"])
+@pytest.mark.parametrize("init", ["noise", "fdk", "sart"])
 def test_diffusionblend_writes_every_output(inputs, tmp_path, init):
     volume, model = inputs
     out = tmp_path / init
@@ -57,6 +57,10 @@ def test_diffusionblend_writes_every_output(inputs, tmp_path, init):
     assert read_nifti(out / "volume.nii.gz").shape == (12, 16, 16)
     config = json.loads((out / "config.json").read_text())
     assert config["method_config"]["init"] == init
+    if init == "sart":
+        assert saved["start"]["method"] == "sart" and np.isfinite(saved["start"]["psnr"])
+    else:
+        assert "start" not in saved
 
 
 def test_diffusionblend_without_model_names_the_remedy(inputs, tmp_path, monkeypatch):

@@ -1,7 +1,8 @@
 """Standalone DiffusionBlend reconstruction of a cone-beam scan.
 
-From noise (as the release) or from an FDK reconstruction noised to t0, run
-the blended DDIM + CG sampler with the scan's cone-beam operator. The
+From noise (as the release) or from a classical reconstruction (FDK, SART or
+ASD-POCS) noised to t0, run the blended DDIM + CG sampler with the scan's
+cone-beam operator. The
 intensity map sends 0 to -1 and ``intensity_high`` (by default the
 ``high_percentile`` of the FDK reconstruction) to +1.
 """
@@ -19,8 +20,9 @@ from nr.ops.fdk import fdk
 from nr.ops.projector import backproject, check_projections, project
 from nr.priors.blend_model import BlendPrior
 from nr.priors.sampler import BlendSampler, BlendSamplerConfig, IntensityMap
+from nr.warm_start import classical_start
 
-INITS = ("noise", "fdk")
+INITS = ("noise", "fdk", "sart", "asd_pocs")
 
 
 @dataclass(frozen=True)
@@ -30,9 +32,10 @@ class BlendReconConfig:
     Attributes:
         sampler: DDIM steps, eta, CG iterations per step (defaults: 50 steps as
             DDS, eta 0.85 and 5 CG iterations as the release; the release runs 200).
-        init: "noise" (start at t = T-1, the release) or "fdk" (noise the FDK
-            reconstruction to `t0`; fewer network evaluations).
-        t0: start time of the "fdk" init (of T = 1000).
+        init: "noise" (start at t = T-1, the release), or "fdk", "sart" (20 sweeps) or
+            "asd_pocs" (`nr.warm_start.classical_start`): noise that reconstruction to
+            `t0` (SDEdit-style; fewer network evaluations).
+        t0: start time of a reconstruction init (of T = 1000).
         intensity_high: attenuation (1/mm) mapped to +1; None = the
             `high_percentile` of the FDK reconstruction.
         high_percentile: see `intensity_high`.
@@ -73,7 +76,8 @@ def reconstruct_blend(
         config: settings (defaults: `BlendReconConfig()`).
 
     Returns:
-        (Z, Y, X) attenuation per mm, and a dict with the FDK start,
+        (Z, Y, X) attenuation per mm, and a dict with the FDK reconstruction ``fdk``,
+        the classical start ``start`` (None unless init is "sart" or "asd_pocs"),
         ``intensity_high``, ``steps``, ``patch_evaluations``, ``network_calls``,
         ``seconds``.
     """
@@ -97,12 +101,17 @@ def reconstruct_blend(
     generator = torch.Generator().manual_seed(config.seed)
     A = lambda v: project(v, geo)  # noqa: E731
     AT = lambda p: backproject(p, geo)  # noqa: E731
-    if config.init == "fdk":
-        volume = sampler.sample_from(A, AT, projections, initial, config.t0, intensity, generator)
-    else:
+    start = None
+    if config.init in ("sart", "asd_pocs"):
+        start = classical_start(projections, geo, config.init).to(projections.device)
+    if config.init == "noise":
         volume = sampler.sample(A, AT, projections, geo.volume_shape, intensity, generator)
+    else:
+        begin = initial if start is None else start
+        volume = sampler.sample_from(A, AT, projections, begin, config.t0, intensity, generator)
     info = {
         "fdk": initial,
+        "start": start,
         "intensity_high": high,
         "steps": sampler.stats.steps,
         "patch_evaluations": sampler.stats.patch_evaluations,
