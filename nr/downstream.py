@@ -66,7 +66,11 @@ def segment(
 def score(
     mask_gt: np.ndarray, mask_pred: np.ndarray, spacing: tuple[float, float, float]
 ) -> dict[str, float]:
-    """Dice and average symmetric surface distance (mm; NaN when a mask is empty)."""
+    """Dice and average symmetric surface distance (mm; NaN when a mask is empty; Dice NaN
+    too when both are: the structure is absent)."""
+    if not mask_gt.any() and not mask_pred.any():
+        # surface-distance returns its removed np.NaN alias here, which raises under NumPy 2.
+        return {"dice": float("nan"), "asd_mm": float("nan")}
     dice = float(surface_distance.compute_dice_coefficient(mask_gt, mask_pred))
     if not mask_gt.any() or not mask_pred.any():
         return {"dice": dice, "asd_mm": float("nan")}

@@ -29,6 +29,14 @@ def test_identical_volumes_score_perfectly_and_shifted_ones_do_not():
     assert shifted["air"]["dice"] < 0.9 and shifted["air"]["asd_mm"] > 0.5
 
 
+def test_a_structure_absent_from_both_volumes_scores_nan():
+    no_bone = _phantom() * (_phantom() < 0.6)
+    no_bone[15, 15, 15] = 1.0  # the only dense voxel: a component below min_voxels
+    scores = compare(no_bone, no_bone, (1.0, 1.0, 1.0))
+    assert np.isnan(scores["dense"]["dice"]) and np.isnan(scores["dense"]["asd_mm"])
+    assert scores["air"]["dice"] == pytest.approx(1.0)
+
+
 def test_bad_input():
     with pytest.raises(ValueError, match="high"):
         segment(_phantom(), 1.0, 1.0)

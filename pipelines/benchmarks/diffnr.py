@@ -3,8 +3,9 @@
 Cases: the embedded head phantom and the development volumes held out from the shipped
 SliceFixer's training (``NR_HELDOUT``, default vtkjs_lidc2_chest_ct_u8), prepared as the
 curated training data (`pipelines.benchmarks._cases`, size^3 in a 256 mm box, TIGRE noise),
-at 25 and 50 views, with both representations (``NR_DIFFNR_VIEWS`` and ``NR_DIFFNR_NR`` restrict
-them, e.g. "25" and "gaussians"; the section then says what ran). Each case runs
+at 25 and 50 views, with both representations (``NR_DIFFNR_VIEWS``, ``NR_DIFFNR_NR`` and
+``NR_DIFFNR_VOLUMES`` restrict them, e.g. "25", "gaussians" and "vtkjs_lidc2_chest_ct_u8"
+(volume names as in the table, comma-separated); the section then says what ran). Each case runs
 ``python -m pipelines.diffnr SCAN --nr NR --views N --compare`` and the segmentation of
 `nr.downstream` scores both reconstructions against the ground truth.
 """
@@ -65,6 +66,9 @@ def run(quick: bool) -> str:
     )
     held_out = os.environ.get("NR_HELDOUT", "vtkjs_lidc2_chest_ct_u8").split(",")
     cases = volumes(size, names=held_out)
+    if os.environ.get("NR_DIFFNR_VOLUMES"):
+        wanted = os.environ["NR_DIFFNR_VOLUMES"].split(",")
+        cases = {name: volume for name, volume in cases.items() if name in wanted}
     extra = ["--iterations", "8", "--loss-every", "2"] if quick else []
     checkpoint = str(asset_path("slicefixer-compact"))
     header = (
