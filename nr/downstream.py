@@ -68,11 +68,12 @@ def score(
 ) -> dict[str, float]:
     """Dice and average symmetric surface distance (mm; NaN when a mask is empty; Dice NaN
     too when both are: the structure is absent)."""
-    if not mask_gt.any() and not mask_pred.any():
+    in_gt, in_pred = bool(mask_gt.any()), bool(mask_pred.any())
+    if not in_gt and not in_pred:
         # surface-distance returns its removed np.NaN alias here, which raises under NumPy 2.
         return {"dice": float("nan"), "asd_mm": float("nan")}
     dice = float(surface_distance.compute_dice_coefficient(mask_gt, mask_pred))
-    if not mask_gt.any() or not mask_pred.any():
+    if not (in_gt and in_pred):
         return {"dice": dice, "asd_mm": float("nan")}
     distances = surface_distance.compute_surface_distances(mask_gt, mask_pred, spacing)
     gt_to_pred, pred_to_gt = surface_distance.compute_average_surface_distance(distances)

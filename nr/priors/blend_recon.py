@@ -2,9 +2,8 @@
 
 From noise (as the release) or from a classical reconstruction (FDK, SART or
 ASD-POCS) noised to t0, run the blended DDIM + CG sampler with the scan's
-cone-beam operator. The
-intensity map sends 0 to -1 and ``intensity_high`` (by default the
-``high_percentile`` of the FDK reconstruction) to +1.
+cone-beam operator. The intensity map sends 0 to -1 and ``intensity_high`` (by
+default the ``high_percentile`` of the FDK reconstruction) to +1.
 """
 
 from __future__ import annotations
@@ -102,11 +101,11 @@ def reconstruct_blend(
     A = lambda v: project(v, geo)  # noqa: E731
     AT = lambda p: backproject(p, geo)  # noqa: E731
     start = None
-    if config.init in ("sart", "asd_pocs"):
-        start = classical_start(projections, geo, config.init).to(projections.device)
     if config.init == "noise":
         volume = sampler.sample(A, AT, projections, geo.volume_shape, intensity, generator)
     else:
+        if config.init != "fdk":
+            start = classical_start(projections, geo, config.init).to(projections.device)
         begin = initial if start is None else start
         volume = sampler.sample_from(A, AT, projections, begin, config.t0, intensity, generator)
     info = {
