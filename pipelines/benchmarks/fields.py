@@ -125,9 +125,11 @@ def _quality(quick: bool, volume: torch.Tensor) -> list[str]:
         f"### Quality on a {n}^3 scan (PSNR dB / SSIM3D against the ground truth, data range 1)",
         "",
         f"Hash grid: {config.train.iterations} iterations of {config.train.views_per_iteration} "
-        f"views after a warm start ({config.warm_start.steps} fitting steps) on {warm}; the warm "
-        "start column is that classical volume's PSNR; the wall time includes FDK, the warm start "
-        "and evaluations. Noise: TIGRE's CTnoise with I0 1e5, Gaussian (0, 10).",
+        f"views (TV on {config.train.tv_crop}^3 crops) after a warm start "
+        f"({config.warm_start.steps} fitting steps on {config.warm_start.crop}^3 crops) on "
+        f"{warm}; the warm start column is that classical volume's PSNR; the wall time "
+        "includes FDK, the warm start and evaluations. Noise: TIGRE's CTnoise with I0 1e5, "
+        "Gaussian (0, 10).",
         "",
         f"| views | noise | FDK | SART ({sweeps} sweeps) | warm start ({warm}) | hash grid | "
         "hash grid - FDK | hash grid wall time (s) |",
