@@ -215,6 +215,14 @@ def caption(metrics: Mapping[str, float]) -> str:
     return f"residual {metrics['data_residual']:.3f}"
 
 
+def slice_axes(text: str) -> tuple[str, ...]:
+    """argparse type of ``--axes``: comma-separated slicing axes among z, y, x ("z,y,x")."""
+    axes = tuple(v.strip() for v in text.split(",") if v.strip())
+    if not axes or any(a not in ("z", "y", "x") for a in axes) or len(set(axes)) < len(axes):
+        raise argparse.ArgumentTypeError(f"expected distinct axes among z, y, x, got {text!r}")
+    return axes
+
+
 def add_warm_start_argument(parser: argparse.ArgumentParser) -> None:
     """``--warm-start``: the classical volume a neural representation is fitted to first."""
     parser.add_argument(

@@ -19,7 +19,7 @@ from pathlib import Path
 from data_curation import CurationConfig, available, curate
 from data_curation.config import AXES, SLICE_DTYPES, SUBSET_KINDS
 from data_curation.engine import resolve_config
-from pipelines.common import LOG, RunFolder
+from pipelines.common import LOG, RunFolder, slice_axes
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="scanned box along the longest axis, mm (default 256)")
     add("--noise-i0", type=float, default=default.noise_i0,
         help="TIGRE noise dose, photons per ray (default 1e5); 0 for noiseless projections")
-    add("--axes", type=_names, default=default.axes,
+    add("--axes", type=slice_axes, default=default.axes,
         help=f"slice axes from {','.join(AXES)}, comma-separated (default z)")
     add("--min-foreground", type=float, default=default.min_foreground,
         help="drop pairs whose clean slice has less than this fraction of pixels > 0.05 "

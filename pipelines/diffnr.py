@@ -39,6 +39,7 @@ from pipelines.common import (
     quality,
     reconstruct,
     resolve_scan,
+    slice_axes,
 )
 
 PRIORS = ("slicefixer", "diffusionblend", "none")
@@ -58,7 +59,7 @@ def build_hook(args: argparse.Namespace, scan: Scan, iterations: int):
             refresh=refresh,
             loss_every=args.loss_every,
             weight=args.weight,
-            axes=tuple(args.axes),
+            axes=args.axes,
             crop=args.crop,
         )
         return SliceFixerHook(model, scan.projections, scan.geo, config), config
@@ -127,10 +128,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--axes",
-        nargs="+",
-        choices=["z", "y", "x"],
-        default=["z"],
-        help="slicing axes repaired and averaged (default z, axial)",
+        type=slice_axes,
+        default=("z",),
+        help="slicing axes repaired and averaged, comma-separated: z (axial, the default) or "
+        "z,y,x (removes the inter-slice stripes of axial-only repairs; docs/diffnr.md)",
     )
     parser.add_argument(
         "--crop",

@@ -107,3 +107,11 @@ def test_the_guard_rejects_a_hallucinated_pseudo_reference_inside_training():
     trainer.run()
     assert [call["guard"]["action"] for call in hook.calls] == ["reject", "reject"]
     assert all(result.weight == 0.0 for result in trainer.references.values())
+
+
+def test_axes_are_comma_separated_like_curation():
+    assert diffnr.parse(["--out", "o"]).axes == ("z",)
+    assert diffnr.parse(["--out", "o", "--axes", "z,y,x"]).axes == ("z", "y", "x")
+    for bad in ("z,w", "z,z", ","):
+        with pytest.raises(SystemExit):
+            diffnr.parse(["--out", "o", "--axes", bad])
