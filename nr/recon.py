@@ -36,23 +36,20 @@ from nr.warm_start import WarmStartConfig, classical_start, fit_to_volume
 
 # The default hash-grid reconstruction, sized for a 128^3 scan with 50 views on 2 CPU cores
 # (docs/fields.md): 8 levels of scale 1.5 (finest 273 cells; NAF's 16 levels of scale 2 reach
-# 524288 cells and cost 1.5x more per step), every step on the full grid.
+# 524288 cells and cost 1.5x more per step), every step on the full grid, TV on 64^3 crops,
+# and a warm-start fit of 1600 steps on 32^3 crops, which holds the ASD-POCS start within
+# 0.1 dB where 200 steps on 64^3 crops lose 1.5 dB.
 DEFAULT_FIELD = FieldConfig(encoding=HashGridConfig(n_levels=8, per_level_scale=1.5))
-DEFAULT_TRAIN = TrainConfig(iterations=250, views_per_iteration=10, eval_every=50)
-# What the fields benchmark runs at 128^3 (docs/fields.md): TV on 64^3 crops and a warm-start
-# fit of 1600 steps on 32^3 crops, which holds the ASD-POCS start within 0.1 dB where the
-# default 200 steps on 64^3 crops lose 1.5 dB. Not the default yet: each fit step also runs
-# Adam over the whole hash table, so 1600 steps are slow even on a tiny grid.
-TRAIN_128 = dataclasses.replace(DEFAULT_TRAIN, tv_crop=64)
-WARM_START_128 = WarmStartConfig(steps=1600, crop=32)
+DEFAULT_TRAIN = TrainConfig(iterations=250, views_per_iteration=10, eval_every=50, tv_crop=64)
+DEFAULT_WARM_START = WarmStartConfig(steps=1600, crop=32)
 
 
 @dataclass(frozen=True)
 class HashGridReconConfig:
     """`reconstruct_hashgrid`: the field, the loop, and how the attenuation scale is set.
 
-    The defaults (`DEFAULT_FIELD`, `DEFAULT_TRAIN`) are sized for a 128^3 scan with
-    50 views on 2 CPU cores; ``train=TRAIN_128, warm_start=WARM_START_128`` is better there.
+    The defaults (`DEFAULT_FIELD`, `DEFAULT_TRAIN`, `DEFAULT_WARM_START`) are sized for a
+    128^3 scan with 50 views on 2 CPU cores.
 
     Attributes:
         field: the hash-grid field.
@@ -70,7 +67,7 @@ class HashGridReconConfig:
 
     field: FieldConfig = dataclasses.field(default_factory=lambda: DEFAULT_FIELD)
     train: TrainConfig = dataclasses.field(default_factory=lambda: DEFAULT_TRAIN)
-    warm_start: WarmStartConfig = dataclasses.field(default_factory=WarmStartConfig)
+    warm_start: WarmStartConfig = dataclasses.field(default_factory=lambda: DEFAULT_WARM_START)
     auto_scale: bool = True
     bound_factor: float = 2.0
     coarse_fraction: float | None = None

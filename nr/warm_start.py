@@ -23,6 +23,7 @@ from nr.geometry import ConeBeamGeometry
 from nr.ops.iterative import ASDPOCSConfig, SARTConfig, asd_pocs, sart
 from nr.ops.projector import check_projections
 from nr.representation import Representation
+from nr.train import adam
 
 METHODS = ("none", "sart", "asd_pocs")
 
@@ -117,7 +118,7 @@ def fit_to_volume(
     device = next(representation.parameters()).device
     target = (reference.detach().float().clamp(min=0) / scale).to(device)
     groups = representation.param_groups()
-    optimizer = torch.optim.Adam([dict(g, lr_start=g["lr"]) for g in groups])
+    optimizer = adam([dict(g, lr_start=g["lr"]) for g in groups])
     generator = torch.Generator().manual_seed(config.seed)
     size = [min(config.crop, int(n)) for n in geo.n_voxel]
     losses = []

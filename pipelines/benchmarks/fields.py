@@ -4,10 +4,9 @@
     python -m pipelines.benchmarks.fields --volume scan.npy [--quick]   # another (Z, Y, X) volume
 
 The quality runs use the embedded scan (`nr.assets.embedded_volume`) unless a
-volume is passed; they compare `reconstruct_hashgrid` (with `nr.recon.TRAIN_128` and
-`WARM_START_128`) with FDK, SART
-(20 sweeps) and its warm-start volume (ASD-POCS) on the same projections, and report
-the hash grid's wall time (FDK, warm start and evaluations included).
+volume is passed; they compare the default `reconstruct_hashgrid` with FDK, SART (20 sweeps)
+and its warm-start volume (ASD-POCS) on the same projections, and report the hash grid's
+wall time (FDK, warm start and evaluations included).
 """
 
 from __future__ import annotations
@@ -28,7 +27,7 @@ from nr.metrics import psnr3d, ssim3d
 from nr.ops.fdk import fdk
 from nr.ops.iterative import SARTConfig, sart
 from nr.ops.noise import simulate_projections
-from nr.recon import TRAIN_128, WARM_START_128, HashGridReconConfig, reconstruct_hashgrid
+from nr.recon import HashGridReconConfig, reconstruct_hashgrid
 from pipelines.benchmarks._timing import best_time
 
 TITLE = "Hash-grid field"
@@ -112,7 +111,7 @@ def _quality(quick: bool, volume: torch.Tensor) -> list[str]:
     volume = _resize(volume, n)
     cases = [(12, False)] if quick else [(50, False), (50, True), (25, False), (75, False)]
     sweeps = 2 if quick else 20
-    config = HashGridReconConfig(train=TRAIN_128, warm_start=WARM_START_128)
+    config = HashGridReconConfig()
     train = dataclasses.replace(config.train, progress=False)
     if quick:
         train = dataclasses.replace(train, iterations=10, eval_every=5)
