@@ -36,11 +36,15 @@ from nr.warm_start import WarmStartConfig, classical_start, fit_to_volume
 
 # The default hash-grid reconstruction, sized for a 128^3 scan with 50 views on 2 CPU cores
 # (docs/fields.md): 8 levels of scale 1.5 (finest 273 cells; NAF's 16 levels of scale 2 reach
-# 524288 cells and cost 1.5x more per step), every step on the full grid, TV on 64^3 crops,
-# and a warm-start fit of 1600 steps on 32^3 crops, which holds the ASD-POCS start within
-# 0.1 dB where 200 steps on 64^3 crops lose 1.5 dB.
+# 524288 cells and cost 1.5x more per step), 200 steps on the full grid (250 took 598-602 s at
+# 50 views; on noisy views the PSNR is flat after 150), TV of weight 0.03 on 64^3 crops (0.05
+# ends 0.2 dB lower on 50 noisy views, docs/training.md), and a warm-start fit of 1600 steps on
+# 32^3 crops, which holds the ASD-POCS start within 0.1 dB where 200 steps on 64^3 crops lose
+# 1.5 dB.
 DEFAULT_FIELD = FieldConfig(encoding=HashGridConfig(n_levels=8, per_level_scale=1.5))
-DEFAULT_TRAIN = TrainConfig(iterations=250, views_per_iteration=10, eval_every=50, tv_crop=64)
+DEFAULT_TRAIN = TrainConfig(
+    iterations=200, views_per_iteration=10, eval_every=50, lambda_tv=0.03, tv_crop=64
+)
 DEFAULT_WARM_START = WarmStartConfig(steps=1600, crop=32)
 
 
