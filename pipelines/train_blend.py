@@ -3,6 +3,7 @@
     python -m pipelines.train_blend --volumes FILES_OR_DIRS --out DIR
         [--hold-out NAME ...] [--preset compact] [--steps N] [--resolution R]
         [--batch B] [--lr LR] [--seed S] [--checkpoint-every N] [--resume]
+        [--init-from MODEL_DIR]
 
 Volumes: any file ``nr.io.read_volume`` reads (NIfTI, MHD/NRRD, NPY/NPZ with
 key "volume"), or folders of them. A ``MANIFEST.json`` beside NPZ files (as in
@@ -85,6 +86,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every)
     parser.add_argument("--resume", action="store_true", help="continue DIR/checkpoint.pt")
+    parser.add_argument(
+        "--init-from",
+        metavar="MODEL_DIR",
+        help="start from the weights of this prior (e.g. assets/diffusionblend) instead of "
+        "random ones; its architecture must match --preset/--resolution",
+    )
     args = parser.parse_args(argv)
 
     model_config = PRESETS[args.preset]
@@ -111,6 +118,7 @@ def main(argv: list[str] | None = None) -> None:
         "train": dataclasses.asdict(config),
         "volumes": [str(f) for f in files],
         "held_out": args.hold_out,
+        "init_from": args.init_from,
     }
     train_blend(
         volumes,
@@ -120,6 +128,7 @@ def main(argv: list[str] | None = None) -> None:
         resume=args.resume,
         sources=[f.name for f in files],
         record=record,
+        init_from=args.init_from,
     )
 
 

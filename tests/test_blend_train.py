@@ -87,3 +87,34 @@ def test_cli_bad_input(tmp_path):
         PatchSampler([torch.zeros(6, 16, 16)], PRESETS["tiny"], BlendTrainConfig())
     with pytest.raises(ValueError, match="intensity_jitter"):
         dataclasses.replace(BlendTrainConfig(), intensity_jitter=1.5)
+
+
+def test_cli_init_from_starts_at_the_given_weights(tmp_path):
+    data = write_volumes(tmp_path / "data")
+    common = ["--volumes", str(data), "--preset", "tiny", "--batch", "2", "--steps", "1"]
+    source = BlendPrior(PRESETS["tiny"])
+    with torch.no_grad():
+        for p in source.unet.parameters():
+            p.normal_(0, 0.02)
+    source.save_pretrained(tmp_path / "source")
+    main(
+        [
+            *common,
+            "--out",
+            str(tmp_path / "run"),
+            "--init-from",
+            str(tmp_path / "source"),
+            "--lr",
+            "1e-30",
+        ]
+    )
+    trained = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["unet"]
+    for key, value in source.unet.state_dict().items():
+        torch.testing.assert_close(trained[key], value)
+    record = json.loads((tmp_path / "run" / "train_config.json").read_text())
+    assert record["init_from"] == str(tmp_path / "source")
+
+    other = dataclasses.replace(PRESETS["tiny"], resolution=32)
+    BlendPrior(other).save_pretrained(tmp_path / "other")
+    with pytest.raises(ValueError, match="init_from"):
+        main([*common, "--out", str(tmp_path / "bad"), "--init-from", str(tmp_path / "other")])

@@ -208,6 +208,7 @@ def train_blend(
     resume: bool = False,
     sources: Sequence[str] = (),
     record: dict[str, Any] | None = None,
+    init_from: str | os.PathLike | None = None,
 ) -> BlendPrior:
     """Train (or resume training) a DiffusionBlend prior; checkpoints and exports into `out`.
 
@@ -221,6 +222,9 @@ def train_blend(
         sources: names of the volumes, recorded in the checkpoint (a resume must
             use the same).
         record: the resolved run configuration, written to ``train_config.json``.
+        init_from: a `BlendPrior` folder whose weights start a new run (fine-tuning a
+            shipped prior on other anatomy, or training it further); its architecture must
+            equal `model_config`. Ignored on resume (the checkpoint holds the weights).
 
     Returns:
         The trained model with EMA weights, in eval mode.
@@ -246,6 +250,14 @@ def train_blend(
     generator = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)
     model = BlendPrior(model_config).train()
+    if init_from is not None and not resume:
+        source = BlendPrior.from_pretrained(init_from)
+        if source.config != model_config:
+            raise ValueError(
+                f"init_from: {init_from} is a {source.config.to_dict()} model, "
+                f"expected {model_config.to_dict()}"
+            )
+        model.unet.load_state_dict({k: v.float() for k, v in source.unet.state_dict().items()})
     optimizer = torch.optim.AdamW(
         model.unet.parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
