@@ -38,14 +38,17 @@ class WarmStartConfig:
             (the recipe's own start: FDK-mean constant field / FDK-seeded Gaussians).
         steps: Adam steps of the volume fit (0: only seed the Gaussians from the volume).
         crop: side of the random cubic crop fitted per step (clipped to the grid).
-        final_lr_factor: the learning rates decay exponentially from the
-            representation's own to this fraction of them over the steps.
+        lr_factor: the learning rates start at this multiple of the representation's own
+            (a volume fit tolerates larger steps than the projection loop).
+        final_lr_factor: the learning rates decay exponentially from their start to this
+            fraction of it over the steps.
         seed: seed of the crop positions.
     """
 
     method: str = "asd_pocs"
     steps: int = 200
     crop: int = 64
+    lr_factor: float = 1.0
     final_lr_factor: float = 0.1
     seed: int = 0
 
@@ -59,6 +62,9 @@ class WarmStartConfig:
         factor = self.final_lr_factor
         if not isinstance(factor, (int, float)) or not 0 < factor <= 1:
             raise ValueError(f"final_lr_factor: expected a number in (0, 1], got {factor!r}")
+        factor = self.lr_factor
+        if not isinstance(factor, (int, float)) or not (math.isfinite(factor) and factor > 0):
+            raise ValueError(f"lr_factor: expected a positive number, got {factor!r}")
 
 
 def classical_start(
@@ -118,7 +124,9 @@ def fit_to_volume(
     device = next(representation.parameters()).device
     target = (reference.detach().float().clamp(min=0) / scale).to(device)
     groups = representation.param_groups()
-    optimizer = adam([dict(g, lr_start=g["lr"]) for g in groups])
+    optimizer = adam([dict(g, lr=g["lr"] * config.lr_factor) for g in groups])
+    for group in optimizer.param_groups:
+        group["lr_start"] = group["lr"]
     generator = torch.Generator().manual_seed(config.seed)
     size = [min(config.crop, int(n)) for n in geo.n_voxel]
     losses = []

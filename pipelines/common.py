@@ -224,7 +224,8 @@ def slice_axes(text: str) -> tuple[str, ...]:
 
 
 def add_warm_start_argument(parser: argparse.ArgumentParser) -> None:
-    """``--warm-start``: the classical volume a neural representation is fitted to first."""
+    """``--warm-start`` (the classical volume a neural representation is fitted to first) and
+    ``--warm-start-steps``."""
     parser.add_argument(
         "--warm-start",
         choices=WARM_START_METHODS,
@@ -232,11 +233,24 @@ def add_warm_start_argument(parser: argparse.ArgumentParser) -> None:
         help="neural methods: classical reconstruction the representation is fitted to before "
         f"training (default {WarmStartConfig.method}; docs/training.md)",
     )
+    parser.add_argument(
+        "--warm-start-steps",
+        type=int,
+        metavar="N",
+        help="neural methods: steps of that fit (default: the representation's recipe)",
+    )
 
 
-def nr_config(name: str, iterations: int | None, seed: int, warm_start: str = "asd_pocs"):
+def nr_config(
+    name: str,
+    iterations: int | None,
+    seed: int,
+    warm_start: str = "asd_pocs",
+    warm_start_steps: int | None = None,
+):
     """The default configuration of a neural representation ("gaussians" or "hashgrid"),
-    with the loop seeded by `seed` and the warm start of method `warm_start`."""
+    with the loop seeded by `seed` and the warm start of method `warm_start` (and
+    `warm_start_steps` steps unless None)."""
     if name == "gaussians":
         config = GaussianReconConfig.default(iterations)
     else:
@@ -250,6 +264,8 @@ def nr_config(name: str, iterations: int | None, seed: int, warm_start: str = "a
     every = max(1, train.iterations // 10)
     train = dataclasses.replace(train, seed=seed, checkpoint_every=every)
     warm = dataclasses.replace(config.warm_start, method=warm_start)
+    if warm_start_steps is not None:
+        warm = dataclasses.replace(warm, steps=warm_start_steps)
     return dataclasses.replace(config, train=train, warm_start=warm)
 
 

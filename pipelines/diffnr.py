@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.manual_seed(args.seed)
     scan = resolve_scan(args.input, args.views, args.noise, args.seed, args.size)
     LOG.info("scan: %d views, volume %s", scan.geo.n_views, "x".join(map(str, scan.geo.n_voxel)))
-    config = nr_config(args.nr, args.iterations, args.seed, args.warm_start)
+    config = nr_config(args.nr, args.iterations, args.seed, args.warm_start, args.warm_start_steps)
     iterations = config.train.iterations
     guard = HallucinationGuard(
         scan.projections, scan.geo, GuardConfig(args.guard_accept, args.guard_reject)

@@ -102,7 +102,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args.method in CLASSICAL:
         run, config = classical_method(args.method, args.filter)
     else:
-        config = nr_config(args.method, args.iterations, args.seed, args.warm_start)
+        config = nr_config(
+            args.method, args.iterations, args.seed, args.warm_start, args.warm_start_steps
+        )
 
         def run(scan: Scan) -> torch.Tensor:
             nonlocal history

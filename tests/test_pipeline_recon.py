@@ -66,6 +66,8 @@ def test_recon_neural_methods_train_and_plot(small_volume, tmp_path, method, war
             "none",
             "--warm-start",
             warm_start,
+            "--warm-start-steps",
+            "40",
             "--out",
             str(out),
         ]
@@ -74,3 +76,4 @@ def test_recon_neural_methods_train_and_plot(small_volume, tmp_path, method, war
     assert np.isfinite(metrics["psnr"])
     config = json.loads((out / "config.json").read_text())
     assert config["method_config"]["warm_start"]["method"] == warm_start
+    assert config["method_config"]["warm_start"]["steps"] == 40

@@ -19,6 +19,8 @@ from tests.test_train import TINY, _one_thread, _scan  # noqa: F401 (_one_thread
         (dict(steps=-1), "steps"),
         (dict(crop=1), "crop"),
         (dict(final_lr_factor=0.0), "final_lr_factor"),
+        (dict(lr_factor=0.0), "lr_factor"),
+        (dict(lr_factor=float("inf")), "lr_factor"),
     ],
 )
 def test_config_rejects_bad_values(changes, match):

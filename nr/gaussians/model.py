@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import scipy.stats
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -38,8 +39,9 @@ class GaussianConfig:
         density_unit: attenuation per mm of ``softplus(raw) = 1``; set it to the scan's
             attenuation scale so that the density learning rates mean what they mean in
             R2-Gaussian, whose volumes lie in [0, 1].
-        cutoff: Gaussians are summed within this many standard deviations (Mahalanobis
-            distance) in the rasterizer and the voxelizer (R2-Gaussian: 3).
+        cutoff: the rasterizer sums a Gaussian's footprint within this many standard
+            deviations (Mahalanobis distance; R2-Gaussian: 3); the voxelizer within the radius
+            that keeps the same share of its mass (3.33 for 3).
         lr_position, lr_position_final: position learning rate, in units of half the longest
             side of the volume box (R2-Gaussian's scene is [-1, 1]^3): 2e-4 -> 2e-5.
         lr_density, lr_density_final: 1e-2 -> 1e-3.
@@ -128,6 +130,11 @@ class GaussianModel(nn.Module):
         self.config = config
         self.box_size = float(max(geo.s_voxel))
         self.scale_bounds = (config.scale_min * self.box_size, config.scale_max * self.box_size)
+        # The voxelizer's ellipsoid keeps the share of each Gaussian's mass that the
+        # rasterizer's ellipse keeps (1 - exp(-c^2 / 2); 3.33 sigma for c = 3), so that the
+        # volume and the projections carry the same mass.
+        kept = -math.expm1(-(config.cutoff**2) / 2)
+        self.volume_cutoff = math.sqrt(float(scipy.stats.chi2.ppf(kept, 3)))
         low = torch.as_tensor(geo.voxel_origin_xyz() - geo.voxel_size_xyz() / 2)
         self.register_buffer("box_low", low.to(means.dtype))
         self.register_buffer(
@@ -263,7 +270,7 @@ class GaussianModel(nn.Module):
         spacing = geo.voxel_size_xyz()
         origin = geo.voxel_origin_xyz() + spacing * start[::-1]
         # Only Gaussians whose bounding sphere reaches the box enter the kernels.
-        reach = self.config.cutoff * self.scales.detach().amax(-1, keepdim=True)
+        reach = self.volume_cutoff * self.scales.detach().amax(-1, keepdim=True)
         low = torch.as_tensor(origin, dtype=reach.dtype, device=reach.device)
         high = low + torch.as_tensor(
             spacing * (np.array(size[::-1]) - 1), dtype=reach.dtype, device=reach.device
@@ -272,15 +279,14 @@ class GaussianModel(nn.Module):
             -1
         )
         index = near.nonzero().squeeze(1)
-        scales, quats = self.scales[index], self.quaternions[index]
         return voxelize(
             self.means[index],
-            precisions(scales, quats),
+            precisions(self.scales[index], self.quaternions[index]),
             self.densities[index],
             origin.tolist(),
             spacing.tolist(),
             size,
-            self.config.cutoff,
+            self.volume_cutoff,
             self.config.backend,
         )
 
