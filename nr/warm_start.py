@@ -124,9 +124,8 @@ def fit_to_volume(
     device = next(representation.parameters()).device
     target = (reference.detach().float().clamp(min=0) / scale).to(device)
     groups = representation.param_groups()
-    optimizer = adam([dict(g, lr=g["lr"] * config.lr_factor) for g in groups])
-    for group in optimizer.param_groups:
-        group["lr_start"] = group["lr"]
+    factor = config.lr_factor
+    optimizer = adam([dict(g, lr=g["lr"] * factor, lr_start=g["lr"] * factor) for g in groups])
     generator = torch.Generator().manual_seed(config.seed)
     size = [min(config.crop, int(n)) for n in geo.n_voxel]
     losses = []

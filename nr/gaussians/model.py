@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import scipy.stats
+import scipy.special
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -132,9 +132,10 @@ class GaussianModel(nn.Module):
         self.scale_bounds = (config.scale_min * self.box_size, config.scale_max * self.box_size)
         # The voxelizer's ellipsoid keeps the share of each Gaussian's mass that the
         # rasterizer's ellipse keeps (1 - exp(-c^2 / 2); 3.33 sigma for c = 3), so that the
-        # volume and the projections carry the same mass.
+        # volume and the projections carry the same mass: the chi-square (3 degrees of
+        # freedom) quantile, 2 P^-1(3/2, kept) (scipy.special, not the slow-importing stats).
         kept = -math.expm1(-(config.cutoff**2) / 2)
-        self.volume_cutoff = math.sqrt(float(scipy.stats.chi2.ppf(kept, 3)))
+        self.volume_cutoff = math.sqrt(2 * float(scipy.special.gammaincinv(1.5, kept)))
         low = torch.as_tensor(geo.voxel_origin_xyz() - geo.voxel_size_xyz() / 2)
         self.register_buffer("box_low", low.to(means.dtype))
         self.register_buffer(
