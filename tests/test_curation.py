@@ -214,7 +214,7 @@ def test_cli_rejects_bad_options(inputs, tmp_path, capsys):
     assert "representation" in capsys.readouterr().err
 
 
-def test_neural_mix_one_to_one(inputs, tmp_path):
+def test_neural_mix_one_to_one(inputs, tmp_path, short_gaussian_warm_start):
     for name in ("hashgrid", "gaussians"):
         try:
             get_reconstructor(name)

@@ -104,7 +104,7 @@ def test_registry():
 
 
 @pytest.mark.parametrize("name", ["hashgrid", "gaussians"])
-def test_neural_reconstructors_are_seeded(name):
+def test_neural_reconstructors_are_seeded(name, short_gaussian_warm_start):
     try:
         reconstructor = get_reconstructor(name)
     except ImportError as error:

@@ -49,6 +49,8 @@ def test_diffnr_smoke_writes_every_output(small_volume, tiny_fixer, tmp_path, nr
             "0.25",
             "--loss-every",
             "2",
+            "--warm-start-steps",
+            "100",
             "--checkpoint",
             str(tiny_fixer),
             "--compare",
