@@ -73,6 +73,7 @@ def build_hook(args: argparse.Namespace, scan: Scan, iterations: int):
         loss_every=args.loss_every,
         weight=args.weight,
         crop=args.crop,
+        samples=args.blend_samples,
         seed=args.seed,
     )
     return BlendHook(model, config), config
@@ -138,6 +139,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         default=None,
         help="side of a random crop for the SSIM term (default: full volume)",
+    )
+    parser.add_argument(
+        "--blend-samples",
+        type=int,
+        default=1,
+        help="--prior diffusionblend: draws averaged into each pseudo-reference (default 1)",
     )
     parser.add_argument(
         "--guard-accept",

@@ -2,6 +2,7 @@
 
     python -m pipelines.diffusionblend [INPUT] --model DIR --views N --out DIR
         [--steps 50] [--eta 0.85] [--cg-iters 5] [--init noise|fdk|sart|asd_pocs] [--t0 500]
+        [--samples K]
 
 INPUT as in ``pipelines.recon``. DIR of --model is a folder written by
 ``python -m pipelines.train_blend`` (its ``model/``); default:
@@ -57,6 +58,13 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--init", choices=INITS, default=defaults.init)
     parser.add_argument(
+        "--samples",
+        type=int,
+        default=defaults.samples,
+        help="independent samples averaged, an estimate of the posterior mean (default "
+        f"{defaults.samples}; K times the cost of one)",
+    )
+    parser.add_argument(
         "--t0", type=int, default=defaults.t0, help="start time of a reconstruction --init"
     )
     parser.add_argument(
@@ -79,6 +87,7 @@ def main(argv: list[str] | None = None) -> dict:
         ),
         init=args.init,
         t0=args.t0,
+        samples=args.samples,
         intensity_high=args.intensity_high,
         seed=args.seed,
     )

@@ -47,7 +47,7 @@ def scan():
     return geo, truth, project(truth, geo)
 
 
-def make_hook(cg_iters, every=3):
+def make_hook(cg_iters, every=3, samples=1):
     torch.manual_seed(0)
     config = BlendHookConfig(
         every=every,
@@ -55,6 +55,7 @@ def make_hook(cg_iters, every=3):
         loss_every=1,
         t0=100,
         sampler=BlendSamplerConfig(steps=3, cg_iters=cg_iters),
+        samples=samples,
     )
     return BlendHook(BlendPrior(PRESETS["tiny"]), config)
 
@@ -91,6 +92,21 @@ def test_hook_state_round_trip_reproduces_the_reference(scan):
     torch.testing.assert_close(hook(trainer, 1).reference, first, rtol=0, atol=0)
 
 
+def test_hook_averages_its_draws(scan):
+    geo, truth, projections = scan
+    trainer = make_trainer(geo, projections, 2)
+    single = make_hook(cg_iters=2)
+    draws, evaluations = [], 0
+    for _ in range(2):
+        draws.append(single(trainer, 1).reference)
+        evaluations += single.last["patch_evaluations"]
+    averaged = make_hook(cg_iters=2, samples=2)
+    reference = averaged(trainer, 1).reference
+    assert not torch.allclose(draws[0], draws[1])
+    torch.testing.assert_close(reference, (draws[0] + draws[1]) / 2)
+    assert averaged.last["patch_evaluations"] == evaluations
+
+
 def test_hook_makes_no_reference_after_the_last_step(scan):
     geo, truth, projections = scan
     hook = make_hook(cg_iters=1)
@@ -105,3 +121,5 @@ def test_hook_config_validation():
         BlendHookConfig(t0=1000)
     with pytest.raises(ValueError, match="every"):
         BlendHookConfig(every=0)
+    with pytest.raises(ValueError, match="samples"):
+        BlendHookConfig(samples=0)

@@ -38,6 +38,8 @@ class BlendHookConfig:
         sampler: DDIM steps from t0 to 0, eta, CG iterations (defaults: 5 steps,
             eta 0.85, 5 CG iterations as in the release).
         high_percentile: percentile of the current volume mapped to +1.
+        samples: draws averaged into the reference (an estimate of the posterior mean;
+            `samples` times the cost of one).
         seed: seed of the hook's noise and partition generator.
     """
 
@@ -49,6 +51,7 @@ class BlendHookConfig:
     t0: int = 200
     sampler: BlendSamplerConfig = field(default_factory=lambda: BlendSamplerConfig(steps=5))
     high_percentile: float = 99.9
+    samples: int = 1
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -61,6 +64,8 @@ class BlendHookConfig:
             raise ValueError(f"t0: expected in [0, 1000), got {self.t0}")
         if not 50 < self.high_percentile <= 100:
             raise ValueError(f"high_percentile: expected in (50, 100], got {self.high_percentile}")
+        if self.samples < 1:
+            raise ValueError(f"samples: expected >= 1, got {self.samples}")
 
 
 class BlendHook:
@@ -100,20 +105,22 @@ class BlendHook:
                 f"iteration {iteration}: the current volume has no positive "
                 f"attenuation (percentile {self.config.high_percentile} = {high})"
             )
-        reference = self.sampler.sample_from(
-            lambda v: project(v, geo),
-            lambda p: backproject(p, geo),
-            projections,
-            volume,
-            self.config.t0,
-            IntensityMap(0.0, high),
-            self.generator,
-        )
-        self.last = {
-            "iteration": iteration,
-            "high": high,
-            "patch_evaluations": self.sampler.stats.patch_evaluations,
-        }
+        draws, evaluations = [], 0
+        for _ in range(self.config.samples):
+            draws.append(
+                self.sampler.sample_from(
+                    lambda v: project(v, geo),
+                    lambda p: backproject(p, geo),
+                    projections,
+                    volume,
+                    self.config.t0,
+                    IntensityMap(0.0, high),
+                    self.generator,
+                )
+            )
+            evaluations += self.sampler.stats.patch_evaluations
+        reference = torch.stack(draws).mean(0)
+        self.last = {"iteration": iteration, "high": high, "patch_evaluations": evaluations}
         return HookResult(reference, self.config.weight, self.config.crop)
 
     def state_dict(self) -> dict[str, Any]:

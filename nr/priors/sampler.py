@@ -181,6 +181,13 @@ class SamplerStats:
     patch_evaluations: int = 0
     network_calls: int = 0
 
+    def __add__(self, other: SamplerStats) -> SamplerStats:
+        return SamplerStats(
+            self.steps + other.steps,
+            self.patch_evaluations + other.patch_evaluations,
+            self.network_calls + other.network_calls,
+        )
+
 
 class BlendSampler:
     """Blended DDIM + CG reconstruction with a DiffusionBlend prior.

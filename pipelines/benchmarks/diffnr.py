@@ -5,9 +5,11 @@ SliceFixer's training (``NR_HELDOUT``, default vtkjs_lidc2_chest_ct_u8), prepare
 curated training data (`pipelines.benchmarks._cases`, size^3 in a 256 mm box, TIGRE noise),
 at 25 and 50 views, with both representations (``NR_DIFFNR_VIEWS``, ``NR_DIFFNR_NR`` and
 ``NR_DIFFNR_VOLUMES`` restrict them, e.g. "25", "gaussians" and "vtkjs_lidc2_chest_ct_u8"
-(volume names as in the table, comma-separated); the section then says what ran). Each case runs
-``python -m pipelines.diffnr SCAN --nr NR --views N --compare`` and the segmentation of
-`nr.downstream` scores both reconstructions against the ground truth.
+(volume names as in the table, comma-separated); the section then says what ran). The prior is
+the shipped compact SliceFixer, or the shipped DiffusionBlend model with
+``NR_DIFFNR_PRIOR=diffusionblend``. Each case runs ``python -m pipelines.diffnr SCAN --nr NR
+--views N --prior PRIOR --compare`` and the segmentation of `nr.downstream` scores both
+reconstructions against the ground truth.
 """
 
 from __future__ import annotations
@@ -29,6 +31,10 @@ from pipelines.benchmarks._cases import geometry, volumes
 
 TITLE = "DiffNR vs the NR alone"
 SIZE = 64
+PRIOR_ASSETS = {
+    "slicefixer": ("slicefixer-compact", "the shipped compact SliceFixer"),
+    "diffusionblend": ("diffusionblend", "the shipped DiffusionBlend prior"),
+}
 
 
 def _write_case(volume: np.ndarray, views: int, folder: Path) -> Path:
@@ -70,7 +76,11 @@ def run(quick: bool) -> str:
         wanted = os.environ["NR_DIFFNR_VOLUMES"].split(",")
         cases = {name: volume for name, volume in cases.items() if name in wanted}
     extra = ["--iterations", "8", "--loss-every", "2"] if quick else []
-    checkpoint = str(asset_path("slicefixer-compact"))
+    prior = os.environ.get("NR_DIFFNR_PRIOR", "slicefixer")
+    if prior not in PRIOR_ASSETS:
+        raise ValueError(f"NR_DIFFNR_PRIOR: expected one of {sorted(PRIOR_ASSETS)}, got {prior!r}")
+    asset, described = PRIOR_ASSETS[prior]
+    checkpoint = str(asset_path(asset))
     header = (
         "| volume | views | NR | NR alone PSNR / SSIM | DiffNR PSNR / SSIM | dPSNR | dSSIM "
         "| time NR / DiffNR (s) | guard | Dice dense NR / DiffNR | ASD dense (mm) "
@@ -95,6 +105,8 @@ def run(quick: bool) -> str:
                             "--views",
                             str(views),
                             "--compare",
+                            "--prior",
+                            prior,
                             "--checkpoint",
                             checkpoint,
                             "--out",
@@ -127,8 +139,8 @@ def run(quick: bool) -> str:
         for nr, v in deltas.items()
     ]
     note = (
-        f"Volumes at {size}^3 ({', '.join(cases)}), noisy projections (I0 1e5), seed 0, the "
-        "shipped compact SliceFixer (assets/slicefixer-compact), pipelines.diffnr defaults. "
+        f"Volumes at {size}^3 ({', '.join(cases)}), noisy projections (I0 1e5), seed 0, "
+        f"{described} (assets/{asset}), pipelines.diffnr defaults. "
         "Segmentation (`nr.downstream`): dense = normalised value > 0.6, air = < 0.15 inside "
         "the body, components >= 50 voxels; Dice and average symmetric surface distance "
         "from DeepMind's surface-distance."
