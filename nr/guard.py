@@ -23,6 +23,7 @@ import dataclasses
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -152,12 +153,21 @@ class GuardedHook:
     """Wraps a prior's hook: its pseudo-references pass the guard before they supervise the fit.
 
     Keeps the wrapped hook's schedule (``every``, ``start``, ``loss_every``) and records, per
-    call, the prior's and the guard's wall time and the guard's decision (``calls``).
+    call, the prior's and the guard's wall time and the guard's decision (``calls``). With
+    `score` (a volume -> {metric: value} function, e.g. PSNR/SSIM against a known ground
+    truth), each call also records the scores of the pseudo-reference and of the current
+    volume (``reference_quality``, ``current_quality``): whether the prior improved on the fit.
     """
 
-    def __init__(self, hook: Hook, guard: HallucinationGuard) -> None:
+    def __init__(
+        self,
+        hook: Hook,
+        guard: HallucinationGuard,
+        score: Callable[[torch.Tensor], dict[str, float]] | None = None,
+    ) -> None:
         self.hook = hook
         self.guard = guard
+        self.score = score
         self.every = hook.every
         self.start = getattr(hook, "start", hook.every)
         self.loss_every = getattr(hook, "loss_every", 1)
@@ -169,18 +179,31 @@ class GuardedHook:
         prior_seconds = time.perf_counter() - started
         if result is None:
             return None
-        decision = self.guard.check(result.reference, trainer.volume(), iteration)
+        current = trainer.volume()
+        decision = self.guard.check(result.reference, current, iteration)
         LOG.info("guard: %s", decision.reason)
         weight = result.weight * decision.weight_factor
-        self.calls.append(
-            {
-                "iteration": iteration,
-                "prior_seconds": prior_seconds,
-                "guard_seconds": time.perf_counter() - started - prior_seconds,
-                "weight": weight,
-                "guard": decision.to_dict(),
+        call = {
+            "iteration": iteration,
+            "prior_seconds": prior_seconds,
+            "guard_seconds": time.perf_counter() - started - prior_seconds,
+            "weight": weight,
+            "guard": decision.to_dict(),
+        }
+        if self.score is not None:
+            call["reference_quality"] = self.score(result.reference)
+            call["current_quality"] = self.score(current)
+            shown = {
+                name: ", ".join(f"{key} {value:.4g}" for key, value in call[name].items())
+                for name in ("reference_quality", "current_quality")
             }
-        )
+            LOG.info(
+                "iteration %d: pseudo-reference %s; current volume %s",
+                iteration,
+                shown["reference_quality"],
+                shown["current_quality"],
+            )
+        self.calls.append(call)
         return dataclasses.replace(result, weight=weight)
 
     def state_dict(self) -> dict[str, Any]:

@@ -127,6 +127,15 @@ def resolve_scan(
     return scan
 
 
+def truth_scores(volume: torch.Tensor, truth: torch.Tensor) -> dict[str, float]:
+    """PSNR and SSIM3D of `volume` against `truth`, both normalised by the truth's range."""
+    with torch.no_grad():
+        gt = truth.float()
+        low, high = float(gt.min()), float(gt.max())
+        pred_n, gt_n = (volume.float() - low) / (high - low), (gt - low) / (high - low)
+        return {"psnr": float(psnr3d(pred_n, gt_n)), "ssim": float(ssim3d(pred_n, gt_n))}
+
+
 def quality(volume: torch.Tensor, scan: Scan) -> dict[str, float]:
     """PSNR/SSIM against the ground truth (when known, both normalised by its range) and the
     relative data residual ||A x - p|| / ||p|| on the measured views."""
@@ -134,12 +143,8 @@ def quality(volume: torch.Tensor, scan: Scan) -> dict[str, float]:
     with torch.no_grad():
         residual = project(volume.float(), scan.geo) - scan.projections
         metrics["data_residual"] = float(residual.norm() / scan.projections.norm())
-        if scan.volume_gt is not None:
-            gt = scan.volume_gt.float()
-            low, high = float(gt.min()), float(gt.max())
-            pred_n, gt_n = (volume.float() - low) / (high - low), (gt - low) / (high - low)
-            metrics["psnr"] = float(psnr3d(pred_n, gt_n))
-            metrics["ssim"] = float(ssim3d(pred_n, gt_n))
+    if scan.volume_gt is not None:
+        metrics.update(truth_scores(volume, scan.volume_gt))
     return metrics
 
 

@@ -40,6 +40,7 @@ from pipelines.common import (
     reconstruct,
     resolve_scan,
     slice_axes,
+    truth_scores,
 )
 
 PRIORS = ("slicefixer", "diffusionblend", "none")
@@ -180,7 +181,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     hook, hook_config = None, None
     if args.prior != "none":
         prior, hook_config = build_hook(args, scan, iterations)
-        hook = GuardedHook(prior, guard)
+        truth = scan.volume_gt
+        score = None if truth is None else lambda volume: truth_scores(volume, truth)
+        hook = GuardedHook(prior, guard, score)
     out.write_json(
         "config.json",
         {
@@ -289,6 +292,21 @@ def report(metrics: dict[str, Any], args: argparse.Namespace) -> str:
     if metrics.get("guard"):
         lines += ["", "Hallucination guard:", ""]
         lines += [f"- {decision['reason']}" for decision in metrics["guard"]]
+    scored = [c for c in metrics.get("prior_calls", []) if "reference_quality" in c]
+    if scored:
+        lines += [
+            "",
+            "Pseudo-references against the ground truth (PSNR dB / SSIM):",
+            "",
+            "| iteration | pseudo-reference | current volume |",
+            "|---|---|---|",
+        ]
+        for c in scored:
+            ref, cur = c["reference_quality"], c["current_quality"]
+            lines.append(
+                f"| {c['iteration']} | {ref['psnr']:.2f} / {ref['ssim']:.4f} "
+                f"| {cur['psnr']:.2f} / {cur['ssim']:.4f} |"
+            )
     lines += [
         "",
         "Files: volume.nii.gz, metrics.json, config.json, montage.png, curves.png, run.log.",

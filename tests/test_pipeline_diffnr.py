@@ -9,6 +9,7 @@ from nr.guard import GuardedHook, HallucinationGuard
 from nr.ops.projector import project
 from nr.train import HookResult, TrainConfig, Trainer
 from pipelines import diffnr
+from pipelines.common import truth_scores
 from slicefixer.model import SliceFixer
 from slicefixer.presets import tiny_config
 
@@ -76,7 +77,11 @@ def test_diffnr_smoke_writes_every_output(small_volume, tiny_fixer, tmp_path, nr
     assert saved["difference"]["psnr"] == pytest.approx(
         metrics["diffnr"]["psnr"] - metrics["nr_only"]["psnr"]
     )
-    assert "Hallucination guard" in (out / "report.md").read_text()
+    for call in saved["prior_calls"]:  # the ground truth is known: references are scored
+        assert np.isfinite(call["reference_quality"]["psnr"])
+        assert set(call["current_quality"]) == {"psnr", "ssim"}
+    report = (out / "report.md").read_text()
+    assert "Hallucination guard" in report and "Pseudo-references against the ground" in report
 
 
 class _WrongPrior:
@@ -98,7 +103,8 @@ def test_the_guard_rejects_a_hallucinated_pseudo_reference_inside_training():
     z, y, x = torch.meshgrid(*(torch.arange(16.0) - 7.5,) * 3, indexing="ij")
     truth = ((z / 6) ** 2 + (y / 5) ** 2 + (x / 6) ** 2 < 1).float()
     projections = project(truth, geo)
-    hook = GuardedHook(_WrongPrior(), HallucinationGuard(projections, geo))
+    score = lambda volume: truth_scores(volume, truth)  # noqa: E731
+    hook = GuardedHook(_WrongPrior(), HallucinationGuard(projections, geo), score)
     trainer = Trainer(
         HashGridField(geo, FieldConfig(attenuation_bound=2.0)),
         projections,
@@ -109,6 +115,8 @@ def test_the_guard_rejects_a_hallucinated_pseudo_reference_inside_training():
     trainer.run()
     assert [call["guard"]["action"] for call in hook.calls] == ["reject", "reject"]
     assert all(result.weight == 0.0 for result in trainer.references.values())
+    for call in hook.calls:
+        assert call["reference_quality"]["psnr"] < call["current_quality"]["psnr"] - 10
 
 
 def test_axes_are_comma_separated_like_curation():
