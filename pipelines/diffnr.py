@@ -74,6 +74,7 @@ def build_hook(args: argparse.Namespace, scan: Scan, iterations: int):
         loss_every=args.loss_every,
         weight=args.weight,
         crop=args.crop,
+        t0=args.blend_t0,
         samples=args.blend_samples,
         seed=args.seed,
     )
@@ -140,6 +141,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         default=None,
         help="side of a random crop for the SSIM term (default: full volume)",
+    )
+    parser.add_argument(
+        "--blend-t0",
+        type=int,
+        default=50,
+        help="--prior diffusionblend: diffusion time (of 1000) the current volume is noised to "
+        "(default 50)",
     )
     parser.add_argument(
         "--blend-samples",

@@ -125,3 +125,17 @@ def test_axes_are_comma_separated_like_curation():
     for bad in ("z,w", "z,z", ","):
         with pytest.raises(SystemExit):
             diffnr.parse(["--out", "o", "--axes", bad])
+
+
+def test_diffusionblend_hook_takes_its_options(tmp_path):
+    from nr.priors.blend_model import PRESETS, BlendPrior
+
+    torch.manual_seed(0)
+    BlendPrior(PRESETS["tiny"]).save_pretrained(tmp_path / "blend")
+    args = diffnr.parse(
+        ["--out", "o", "--prior", "diffusionblend", "--checkpoint", str(tmp_path / "blend")]
+        + ["--blend-t0", "50", "--blend-samples", "3", "--start", "0.5", "--refresh", "0.25"]
+    )
+    hook, config = diffnr.build_hook(args, None, 100)
+    assert hook.config is config
+    assert (config.t0, config.samples, config.start, config.every) == (50, 3, 50, 25)
