@@ -68,15 +68,15 @@ def build_hook(args: argparse.Namespace, scan: Scan, iterations: int):
     from nr.priors.blend_model import BlendPrior
 
     model = BlendPrior.from_pretrained(args.checkpoint or asset_path("diffusionblend"))
+    given = {"t0": args.blend_t0, "samples": args.blend_samples}
     config = BlendHookConfig(
         every=refresh,
         start=start,
         loss_every=args.loss_every,
         weight=args.weight,
         crop=args.crop,
-        t0=args.blend_t0,
-        samples=args.blend_samples,
         seed=args.seed,
+        **{name: value for name, value in given.items() if value is not None},
     )
     return BlendHook(model, config), config
 
@@ -145,15 +145,16 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--blend-t0",
         type=int,
-        default=50,
+        default=None,
         help="--prior diffusionblend: diffusion time (of 1000) the current volume is noised to "
-        "(default 50)",
+        "(default: BlendHookConfig.t0, 50)",
     )
     parser.add_argument(
         "--blend-samples",
         type=int,
-        default=1,
-        help="--prior diffusionblend: draws averaged into each pseudo-reference (default 1)",
+        default=None,
+        help="--prior diffusionblend: draws averaged into each pseudo-reference "
+        "(default: BlendHookConfig.samples, 1)",
     )
     parser.add_argument(
         "--guard-accept",

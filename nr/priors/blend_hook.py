@@ -108,17 +108,14 @@ class BlendHook:
                 f"iteration {iteration}: the current volume has no positive "
                 f"attenuation (percentile {self.config.high_percentile} = {high})"
             )
+        A = lambda v: project(v, geo)  # noqa: E731
+        AT = lambda p: backproject(p, geo)  # noqa: E731
+        intensity = IntensityMap(0.0, high)
         draws, evaluations = [], 0
         for _ in range(self.config.samples):
             draws.append(
                 self.sampler.sample_from(
-                    lambda v: project(v, geo),
-                    lambda p: backproject(p, geo),
-                    projections,
-                    volume,
-                    self.config.t0,
-                    IntensityMap(0.0, high),
-                    self.generator,
+                    A, AT, projections, volume, self.config.t0, intensity, self.generator
                 )
             )
             evaluations += self.sampler.stats.patch_evaluations
