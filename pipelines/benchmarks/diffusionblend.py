@@ -23,13 +23,12 @@ from nr.priors.blend_model import PRESETS, BlendPrior
 from nr.priors.blend_recon import BlendReconConfig, reconstruct_blend
 from nr.priors.blend_train import prepare_volume
 from nr.priors.sampler import BlendSampler, BlendSamplerConfig, IntensityMap
+from pipelines.benchmarks._cases import data_dir
 from pipelines.common import quality
 from pipelines.train_blend import manifest_spacing
 
 TITLE = "DiffusionBlend"
-SEEN_IN_TRAINING = (
-    Path(__file__).resolve().parents[3] / "shared" / "data" / "vtkjs_lidc2_chest_ct_u8.npz"
-)
+SEEN_IN_TRAINING = "vtkjs_lidc2_chest_ct_u8.npz"
 VIEWS = 25
 SAMPLES = BlendReconConfig().samples
 HOOK = BlendHookConfig()
@@ -47,14 +46,16 @@ def _ground_truths(quick: bool, resolution: int) -> dict[str, torch.Tensor]:
     """{description: (Z, R, R) volume in [0, 1]}: the embedded head phantom (held out) and the
     LIDC chest (seen in training) resampled (full), or a ball (quick, or without the chest's
     file)."""
-    if quick or not SEEN_IN_TRAINING.is_file():
+    folder = data_dir()
+    chest_path = folder / SEEN_IN_TRAINING if folder is not None else None
+    if quick or chest_path is None or not chest_path.is_file():
         z, y, x = torch.meshgrid(*(torch.linspace(-1, 1, n) for n in (12, 32, 32)), indexing="ij")
         return {"ball 12x32x32": ((x**2 + y**2 + z**2) < 0.6).float() * 0.8}
-    chest = read_volume(SEEN_IN_TRAINING)
-    chest = Volume(chest.data, spacing=manifest_spacing(SEEN_IN_TRAINING), units=chest.units)
+    chest = read_volume(chest_path)
+    chest = Volume(chest.data, spacing=manifest_spacing(chest_path), units=chest.units)
     cases = {
         "embedded head phantom, held out": Volume(embedded_volume()),
-        f"{SEEN_IN_TRAINING.stem}, seen in training": chest,
+        f"{chest_path.stem}, seen in training": chest,
     }
     truths = {}
     for name, volume in cases.items():
