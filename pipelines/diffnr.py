@@ -62,6 +62,7 @@ def build_hook(args: argparse.Namespace, scan: Scan, iterations: int):
             weight=args.weight,
             axes=args.axes,
             crop=args.crop,
+            cg_iters=args.fixer_cg,
         )
         return SliceFixerHook(model, scan.projections, scan.geo, config), config
     from nr.priors.blend_hook import BlendHook, BlendHookConfig
@@ -143,6 +144,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         default=None,
         help="side of a random crop for the SSIM term (default: full volume)",
+    )
+    parser.add_argument(
+        "--fixer-cg",
+        type=int,
+        default=0,
+        help="--prior slicefixer: CGLS iterations on the measured projections started from each "
+        "repaired volume, before it becomes the pseudo-reference (default 0: none)",
     )
     parser.add_argument(
         "--blend-t0",

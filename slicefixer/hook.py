@@ -4,7 +4,9 @@ From iteration ``start``, every ``refresh`` iterations: take the current volume,
 repair its slices with a SliceFixer (`repair_volume`, absolute scale kept), and
 hand it to the trainer as the pseudo-reference of a loss
 ``weight * (1 - SSIM3D(reference, volume))`` added every ``loss_every``
-iterations until the next refresh.
+iterations until the next refresh. With ``cg_iters`` the repaired volume is first
+made consistent with the measured projections by a few CGLS iterations started from
+it (DDS's data-consistency step, as the DiffusionBlend hook does after each denoising).
 
 The DiffNR release refreshes once (iteration 10k of 12k) with weight 1 and the
 loss every 10th iteration; the paper says "periodically", which this does.
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from nr.geometry import ConeBeamGeometry
+from nr.ops.iterative import CGLSConfig, cgls
 from nr.train import HookResult, Trainer
 from slicefixer.model import SliceFixer
 from slicefixer.repair import repair_volume
@@ -41,6 +44,8 @@ class SliceFixerHookConfig:
         window: intensity window mapped to the model's [-1, 1]: "model" (the range it was
             trained on: volumes normalised to [0, 1]) or "scan" (0 to the trainer's
             ``volume_scale``, for scans in other units).
+        cg_iters: CGLS iterations on the measured projections, started from the repaired
+            volume, before it becomes the reference; 0 = none (the release).
     """
 
     start: int
@@ -52,6 +57,7 @@ class SliceFixerHookConfig:
     batch_size: int = 16
     crop: int | None = None
     window: str = "model"
+    cg_iters: int = 0
 
     def __post_init__(self) -> None:
         if self.window not in ("model", "scan"):
@@ -66,6 +72,9 @@ class SliceFixerHookConfig:
             and self.weight >= 0
         ):
             raise ValueError(f"weight: expected a number >= 0, got {self.weight!r}")
+        cg_iters = self.cg_iters
+        if not isinstance(cg_iters, int) or isinstance(cg_iters, bool) or cg_iters < 0:
+            raise ValueError(f"cg_iters: expected an int >= 0, got {self.cg_iters!r}")
         object.__setattr__(self, "axes", tuple(self.axes))
 
 
@@ -111,4 +120,12 @@ class SliceFixerHook:
             batch_size=c.batch_size,
             window=window,
         )
+        if c.cg_iters:
+            reference = cgls(
+                self.projections.to(reference),
+                self.geo,
+                CGLSConfig(c.cg_iters),
+                init=reference,
+                progress=False,
+            )
         return HookResult(reference=reference, weight=c.weight, crop=c.crop)

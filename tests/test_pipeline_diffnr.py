@@ -1,4 +1,5 @@
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -139,3 +140,10 @@ def test_diffusionblend_hook_takes_its_options(tmp_path):
     hook, config = diffnr.build_hook(args, None, 100)
     assert hook.config is config
     assert (config.t0, config.samples, config.start, config.every) == (50, 3, 50, 25)
+
+
+def test_slicefixer_hook_takes_its_cg_iterations(tiny_fixer):
+    args = diffnr.parse(["--out", "o", "--checkpoint", str(tiny_fixer), "--fixer-cg", "4"])
+    scan = SimpleNamespace(projections=torch.zeros(6, 8, 8), geo=ConeBeamGeometry.default(8, 6))
+    hook, config = diffnr.build_hook(args, scan, 100)
+    assert hook.config is config and config.cg_iters == 4

@@ -1,11 +1,15 @@
-"""repair_volume: shapes, dtype, device, absolute intensity scale, view choice, bad input."""
+"""repair_volume: shapes, dtype, device, absolute intensity scale, view choice, bad input;
+the DiffNR hook built on it."""
 
 import dataclasses
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from nr.geometry import ConeBeamGeometry
+from nr.ops.projector import project
+from slicefixer.hook import SliceFixerHook, SliceFixerHookConfig
 from slicefixer.model import SliceFixer
 from slicefixer.presets import tiny_config
 from slicefixer.repair import repair_volume
@@ -59,8 +63,9 @@ def test_absolute_scale_is_kept_outside_unit_range(scan):
 def test_resizing_to_the_model_resolution_and_back(scan):
     volume, projections, geo = scan
     for resolution in (32, 128):
-        out = repair_volume(_identity(resolution), volume, projections, geo, axes=("x",),
-                            batch_size=5)
+        out = repair_volume(
+            _identity(resolution), volume, projections, geo, axes=("x",), batch_size=5
+        )
         assert out.shape == volume.shape
         assert (out - volume).abs().max() < 0.02 * (volume.max() - volume.min())
 
@@ -91,3 +96,26 @@ def test_bad_inputs(scan):
         repair_volume(model, volume, projections, "geo")
     with pytest.raises(ValueError, match="closed prompt set"):
         repair_volume(model, volume, projections, geo, prompt="sharpen")
+
+
+def test_hook_makes_the_repaired_volume_data_consistent_with_cg(scan):
+    volume, _, geo = scan
+    truth = volume.flip(2)  # the measured data disagree with the current volume
+    projections = project(truth, geo)
+    trainer = SimpleNamespace(
+        config=SimpleNamespace(iterations=10, volume_scale=1.0), volume=lambda: volume
+    )
+
+    def residual(reference):
+        return float(torch.linalg.vector_norm(project(reference, geo) - projections))
+
+    references = {}
+    for cg_iters in (0, 2, 6):
+        config = SliceFixerHookConfig(start=1, refresh=1, cg_iters=cg_iters)
+        result = SliceFixerHook(_identity(64), projections, geo, config)(trainer, 1)
+        references[cg_iters] = result.reference
+    torch.testing.assert_close(references[0], volume, atol=1e-5, rtol=0)
+    assert residual(volume) > 1.5 * residual(references[2]) > 1.5 * residual(references[6])
+    for bad in (-1, True, 1.5):
+        with pytest.raises(ValueError, match="cg_iters"):
+            SliceFixerHookConfig(start=1, refresh=1, cg_iters=bad)
