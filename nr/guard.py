@@ -180,7 +180,8 @@ class GuardedHook:
         if result is None:
             return None
         current = trainer.volume()
-        decision = self.guard.check(result.reference, current, iteration)
+        judged = result.reference if result.repair is None else result.repair
+        decision = self.guard.check(judged, current, iteration)
         LOG.info("guard: %s", decision.reason)
         weight = result.weight * decision.weight_factor
         call = {

@@ -142,11 +142,16 @@ class HookResult:
         weight: weight of ``1 - SSIM3D(volume, reference)`` (DiffNR: 1.0).
         crop: side of a random cubic crop on which the term is computed; None
             compares the full volumes (DiffNR).
+        repair: the prior's output before a data-consistency step made `reference` from
+            it, for a hallucination guard to judge (None: judge `reference`). Data
+            consistency can make a hallucinated structure fit the measured projections
+            without removing it, so a guard must see the repair itself.
     """
 
     reference: torch.Tensor
     weight: float
     crop: int | None = None
+    repair: torch.Tensor | None = None
 
 
 class Hook(Protocol):
@@ -367,8 +372,8 @@ class Trainer:
                     f"{self.geo.volume_shape}"
                 )
             device = self.targets.device
-            self.references[key] = dataclasses.replace(
-                result, reference=result.reference.detach().to(device, torch.float32)
+            self.references[key] = dataclasses.replace(  # the repair was for the guard only
+                result, reference=result.reference.detach().to(device, torch.float32), repair=None
             )
 
     # ------------------------------------------------------------ evaluation

@@ -45,6 +45,14 @@ from pipelines.common import (
 
 PRIORS = ("slicefixer", "diffusionblend", "none")
 
+# Hook settings whose defaults depend on the representation (docs/diffnr.md, session 11):
+# the Gaussians gain from lambda 3 with either prior and from CGLS on the SliceFixer's
+# repairs; the hash grid, whose volumes are better than those references, loses from both.
+NR_DEFAULTS = {
+    "gaussians": {"weight": 3.0, "fixer_cg": 5},
+    "hashgrid": {"weight": 1.0, "fixer_cg": 0},
+}
+
 
 def build_hook(args: argparse.Namespace, scan: Scan, iterations: int):
     """The prior's hook, scheduled from `--start`/`--refresh` (fractions of the run)."""
@@ -130,7 +138,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="iterations between 3D SSIM terms (DiffNR release: 10)",
     )
     parser.add_argument(
-        "--weight", type=float, default=1.0, help="lambda of 1 - SSIM3D (paper and release: 1)"
+        "--weight",
+        type=float,
+        default=None,
+        help="lambda of 1 - SSIM3D (default: 3 for the Gaussians, 1 for the hash grid; paper "
+        "and release: 1)",
     )
     parser.add_argument(
         "--axes",
@@ -148,9 +160,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--fixer-cg",
         type=int,
-        default=0,
+        default=None,
         help="--prior slicefixer: CGLS iterations on the measured projections started from each "
-        "repaired volume, before it becomes the pseudo-reference (default 0: none)",
+        "repaired volume, before it becomes the pseudo-reference (default: 5 for the Gaussians, "
+        "0 for the hash grid)",
     )
     parser.add_argument(
         "--blend-t0",
@@ -183,7 +196,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="also fit the NR alone with identical settings and seed",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    for name, value in NR_DEFAULTS[args.nr].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    return args
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

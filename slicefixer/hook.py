@@ -6,7 +6,10 @@ hand it to the trainer as the pseudo-reference of a loss
 ``weight * (1 - SSIM3D(reference, volume))`` added every ``loss_every``
 iterations until the next refresh. With ``cg_iters`` the repaired volume is first
 made consistent with the measured projections by a few CGLS iterations started from
-it (DDS's data-consistency step, as the DiffusionBlend hook does after each denoising).
+it (DDS's data-consistency step, as the DiffusionBlend hook does after each denoising);
+the result still carries the repair itself (``HookResult.repair``), which is what a
+hallucination guard must judge: CGLS fits the data without removing what the fixer
+invented in the directions the views do not measure.
 
 The DiffNR release refreshes once (iteration 10k of 12k) with weight 1 and the
 loss every 10th iteration; the paper says "periodically", which this does.
@@ -110,7 +113,7 @@ class SliceFixerHook:
             return None  # a pseudo-reference made after the last step would never be used
         c = self.config
         window = (0.0, trainer.config.volume_scale) if c.window == "scan" else "model"
-        reference = repair_volume(
+        repair = repair_volume(
             self.model,
             trainer.volume(),
             self.projections,
@@ -120,12 +123,13 @@ class SliceFixerHook:
             batch_size=c.batch_size,
             window=window,
         )
-        if c.cg_iters:
-            reference = cgls(
-                self.projections.to(reference),
-                self.geo,
-                CGLSConfig(c.cg_iters),
-                init=reference,
-                progress=False,
-            )
-        return HookResult(reference=reference, weight=c.weight, crop=c.crop)
+        if not c.cg_iters:
+            return HookResult(reference=repair, weight=c.weight, crop=c.crop)
+        reference = cgls(
+            self.projections.to(repair),
+            self.geo,
+            CGLSConfig(c.cg_iters),
+            init=repair,
+            progress=False,
+        )
+        return HookResult(reference=reference, weight=c.weight, crop=c.crop, repair=repair)

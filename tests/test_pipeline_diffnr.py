@@ -147,3 +147,17 @@ def test_slicefixer_hook_takes_its_cg_iterations(tiny_fixer):
     scan = SimpleNamespace(projections=torch.zeros(6, 8, 8), geo=ConeBeamGeometry.default(8, 6))
     hook, config = diffnr.build_hook(args, scan, 100)
     assert hook.config is config and config.cg_iters == 4
+
+
+@pytest.mark.parametrize(
+    "given, expected",
+    [
+        ([], (3.0, 5)),
+        (["--nr", "hashgrid"], (1.0, 0)),
+        (["--weight", "0.5", "--fixer-cg", "2"], (0.5, 2)),
+        (["--nr", "hashgrid", "--weight", "2", "--fixer-cg", "0"], (2.0, 0)),
+    ],
+)
+def test_weight_and_cg_default_per_representation_unless_given(given, expected):
+    args = diffnr.parse(["--out", "o", *given])
+    assert (args.weight, args.fixer_cg) == expected

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from nr.geometry import ConeBeamGeometry
+from nr.guard import GuardedHook, HallucinationGuard
 from nr.ops.projector import project
 from slicefixer.hook import SliceFixerHook, SliceFixerHookConfig
 from slicefixer.model import SliceFixer
@@ -25,6 +26,15 @@ class IdentityFixer(SliceFixer):
     def denoise(self, images, condition):
         assert images.shape[-2:] == (self.config.resolution,) * 2
         return images
+
+
+class HallucinatingFixer(SliceFixer):
+    """A SliceFixer that invents a dense square in every slice."""
+
+    def denoise(self, images, condition):
+        out = images.clone()
+        out[..., 24:34, 24:34] += 1.0
+        return out
 
 
 def _identity(resolution):
@@ -119,3 +129,27 @@ def test_hook_makes_the_repaired_volume_data_consistent_with_cg(scan):
     for bad in (-1, True, 1.5):
         with pytest.raises(ValueError, match="cg_iters"):
             SliceFixerHookConfig(start=1, refresh=1, cg_iters=bad)
+
+
+def test_the_guard_judges_the_repair_which_cg_makes_fit_the_data_without_removing_it(scan):
+    truth, _, geo = scan
+    projections = project(truth, geo)
+    current = truth + 0.01 * torch.randn(truth.shape, generator=torch.Generator().manual_seed(0))
+    trainer = SimpleNamespace(
+        config=SimpleNamespace(iterations=10, volume_scale=1.0), volume=lambda: current
+    )
+    torch.manual_seed(0)
+    fixer = HallucinatingFixer.from_config(dataclasses.replace(tiny_config(), resolution=64))
+    config = SliceFixerHookConfig(start=1, refresh=1, cg_iters=5)
+    hook = SliceFixerHook(fixer, projections, geo, config)
+    guard = HallucinationGuard(projections, geo)
+
+    result = hook(trainer, 1)
+    invented = (result.reference - truth)[:, 24:34, 24:34].mean()
+    assert invented > 0.4  # the square survives CGLS (12 views leave it unmeasured) ...
+    assert guard.check(result.reference, current, 1).action == "accept"  # ... and fits the data
+    assert guard.check(result.repair, current, 1).action == "reject"
+
+    guarded_hook = GuardedHook(hook, guard)
+    assert guarded_hook(trainer, 1).weight == 0.0
+    assert [call["guard"]["action"] for call in guarded_hook.calls] == ["reject"]
