@@ -45,13 +45,20 @@ from pipelines.common import (
 
 PRIORS = ("slicefixer", "diffusionblend", "none")
 
-# Hook settings whose defaults depend on the representation (docs/diffnr.md, session 11):
-# the Gaussians gain from lambda 3 with either prior and from CGLS on the SliceFixer's
-# repairs; the hash grid, whose volumes are better than those references, loses from both.
-NR_DEFAULTS = {
-    "gaussians": {"weight": 3.0, "fixer_cg": 5},
-    "hashgrid": {"weight": 1.0, "fixer_cg": 0},
-}
+
+def hook_defaults(nr: str, prior: str) -> dict[str, float]:
+    """Hook settings whose defaults depend on the representation (docs/diffnr.md, session 11).
+
+    The Gaussians gain from lambda 3 with either prior and from CGLS on the SliceFixer's
+    repairs. The hash grid's volumes are better than those references: it loses from both,
+    and with the SliceFixer its periodic references compound, so it takes one reference.
+    """
+    gaussians = nr == "gaussians"
+    return {
+        "weight": 3.0 if gaussians else 1.0,
+        "fixer_cg": 5 if gaussians else 0,
+        "refresh": 1.0 if not gaussians and prior == "slicefixer" else 0.125,
+    }
 
 
 def build_hook(args: argparse.Namespace, scan: Scan, iterations: int):
@@ -127,9 +134,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--refresh",
         type=float,
-        default=0.125,
+        default=None,
         help="iterations between pseudo-references, as a fraction of the run (default 0.125; "
-        "0.0625 measured in docs/diffnr.md)",
+        "1, a single reference, for the hash grid with the SliceFixer; docs/diffnr.md)",
     )
     parser.add_argument(
         "--loss-every",
@@ -197,7 +204,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="also fit the NR alone with identical settings and seed",
     )
     args = parser.parse_args(argv)
-    for name, value in NR_DEFAULTS[args.nr].items():
+    for name, value in hook_defaults(args.nr, args.prior).items():
         if getattr(args, name) is None:
             setattr(args, name, value)
     return args

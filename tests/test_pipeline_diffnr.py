@@ -152,12 +152,13 @@ def test_slicefixer_hook_takes_its_cg_iterations(tiny_fixer):
 @pytest.mark.parametrize(
     "given, expected",
     [
-        ([], (3.0, 5)),
-        (["--nr", "hashgrid"], (1.0, 0)),
-        (["--weight", "0.5", "--fixer-cg", "2"], (0.5, 2)),
-        (["--nr", "hashgrid", "--weight", "2", "--fixer-cg", "0"], (2.0, 0)),
+        ([], (3.0, 5, 0.125)),
+        (["--nr", "hashgrid"], (1.0, 0, 1.0)),
+        (["--nr", "hashgrid", "--prior", "diffusionblend"], (1.0, 0, 0.125)),
+        (["--weight", "0.5", "--fixer-cg", "2", "--refresh", "0.25"], (0.5, 2, 0.25)),
+        (["--nr", "hashgrid", "--weight", "2", "--refresh", "0.5"], (2.0, 0, 0.5)),
     ],
 )
-def test_weight_and_cg_default_per_representation_unless_given(given, expected):
+def test_hook_defaults_per_representation_unless_given(given, expected):
     args = diffnr.parse(["--out", "o", *given])
-    assert (args.weight, args.fixer_cg) == expected
+    assert (args.weight, args.fixer_cg, args.refresh) == expected
