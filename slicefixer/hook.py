@@ -65,19 +65,17 @@ class SliceFixerHookConfig:
     def __post_init__(self) -> None:
         if self.window not in ("model", "scan"):
             raise ValueError(f"window: expected 'model' or 'scan', got {self.window!r}")
-        for name in ("start", "refresh", "loss_every", "batch_size"):
+        minimum = {"start": 1, "refresh": 1, "loss_every": 1, "batch_size": 1, "cg_iters": 0}
+        for name, least in minimum.items():
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name}: expected an int >= 1, got {value!r}")
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                raise ValueError(f"{name}: expected an int >= {least}, got {value!r}")
         if not (
             isinstance(self.weight, (int, float))
             and math.isfinite(self.weight)
             and self.weight >= 0
         ):
             raise ValueError(f"weight: expected a number >= 0, got {self.weight!r}")
-        cg_iters = self.cg_iters
-        if not isinstance(cg_iters, int) or isinstance(cg_iters, bool) or cg_iters < 0:
-            raise ValueError(f"cg_iters: expected an int >= 0, got {self.cg_iters!r}")
         object.__setattr__(self, "axes", tuple(self.axes))
 
 

@@ -108,13 +108,18 @@ def test_bad_inputs(scan):
         repair_volume(model, volume, projections, geo, prompt="sharpen")
 
 
+def _trainer(volume):
+    """The part of `nr.train.Trainer` the SliceFixer hook reads, with `volume` as its fit."""
+    return SimpleNamespace(
+        config=SimpleNamespace(iterations=10, volume_scale=1.0), volume=lambda: volume
+    )
+
+
 def test_hook_makes_the_repaired_volume_data_consistent_with_cg(scan):
     volume, _, geo = scan
     truth = volume.flip(2)  # the measured data disagree with the current volume
     projections = project(truth, geo)
-    trainer = SimpleNamespace(
-        config=SimpleNamespace(iterations=10, volume_scale=1.0), volume=lambda: volume
-    )
+    trainer = _trainer(volume)
 
     def residual(reference):
         return float(torch.linalg.vector_norm(project(reference, geo) - projections))
@@ -135,9 +140,7 @@ def test_the_guard_judges_the_repair_which_cg_makes_fit_the_data_without_removin
     truth, _, geo = scan
     projections = project(truth, geo)
     current = truth + 0.01 * torch.randn(truth.shape, generator=torch.Generator().manual_seed(0))
-    trainer = SimpleNamespace(
-        config=SimpleNamespace(iterations=10, volume_scale=1.0), volume=lambda: current
-    )
+    trainer = _trainer(current)
     torch.manual_seed(0)
     fixer = HallucinatingFixer.from_config(dataclasses.replace(tiny_config(), resolution=64))
     config = SliceFixerHookConfig(start=1, refresh=1, cg_iters=5)
