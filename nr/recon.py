@@ -191,7 +191,7 @@ class GaussianReconConfig:
         )
         return cls(
             init=InitConfig(n_points=20_000),
-            model=GaussianConfig(density_control=control),
+            model=GaussianConfig(density_control=control, rendering="voxel"),
             train=TrainConfig(iterations=iterations, views_per_iteration=4, eval_every=0),
             warm_start=DEFAULT_GAUSSIAN_WARM_START,
         )

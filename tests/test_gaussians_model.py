@@ -1,6 +1,7 @@
 """The Gaussian model, its initialisation, density control and training (nr.train, nr.recon)."""
 
 import ast
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +59,28 @@ def test_projections_agree_with_the_projector_of_the_voxelised_model(mode):
         reference = project_volume(model.to_volume(geo), geo)
     error = (rendered - reference).abs().max() / reference.abs().max()
     assert error < 0.05
+
+
+def test_voxel_rendering_projects_the_model_volume_and_feeds_densification():
+    """rendering="voxel": the projector of to_volume; the densification statistic is the
+    projection loss's position gradient alone (in half-box units), not the other terms'."""
+    geo = tiny_geometry(views=4)
+    control = DensityControl(start=0, until=10, every=1)
+    model = tiny_model(geo, count=30, control=control, rendering="voxel")
+    optimizer = torch.optim.Adam(model.param_groups())
+    twin = copy.deepcopy(model)
+    twin.render_projections(geo, [0, 2]).square().sum().backward()
+    rendered = model.render_projections(geo, [0, 2])
+    torch.testing.assert_close(rendered, project_volume(model.to_volume(geo), geo, [0, 2]))
+    (rendered.square().sum() + 100.0 * model.to_volume(geo).square().sum()).backward()
+    model.after_backward(0, optimizer)
+    norms = twin.raw_means.grad.norm(dim=-1) * 32.0
+    assert (norms > 0).sum() >= 25
+    torch.testing.assert_close(model.grad_sum, norms)
+    torch.testing.assert_close(model.grad_count, (norms > 0).float())
+    model.render_projections(geo, [1]).sum().backward()
+    model.after_backward(10, optimizer)  # past `until`: nothing is added
+    torch.testing.assert_close(model.grad_sum, norms)
 
 
 def test_volume_and_projections_carry_the_same_mass():
@@ -209,13 +232,14 @@ class CrashOnce:
             raise KeyboardInterrupt
 
 
-def test_training_resumes_exactly_while_the_number_of_gaussians_changes(tmp_path):
+@pytest.mark.parametrize("rendering", ["rasterize", "voxel"])
+def test_training_resumes_exactly_while_the_number_of_gaussians_changes(tmp_path, rendering):
     geo = tiny_geometry(views=4)
     projections = project_volume(blob_volume(), geo)
     control = DensityControl(start=1, until=8, every=2, grad_threshold=0.0, max_gaussians=120)
     config = GaussianReconConfig(
         init=InitConfig(n_points=40, threshold=0.2),
-        model=GaussianConfig(density_control=control),
+        model=GaussianConfig(density_control=control, rendering=rendering),
         train=TrainConfig(
             iterations=6, views_per_iteration=2, checkpoint_every=3, progress=False, eval_every=0
         ),
@@ -233,12 +257,14 @@ def test_training_resumes_exactly_while_the_number_of_gaussians_changes(tmp_path
     torch.testing.assert_close(resumed, reference, rtol=1e-5, atol=1e-6)
 
 
-def test_training_lowers_the_loss_and_trains_every_parameter():
+@pytest.mark.parametrize("rendering", ["rasterize", "voxel"])
+def test_training_lowers_the_loss_and_trains_every_parameter(rendering):
     geo = tiny_geometry(views=8)
     volume = blob_volume()
     projections = project_volume(volume, geo)
     means, densities, scales = initial_points(geo, InitConfig(n_points=150, threshold=0.2), volume)
-    model = GaussianModel(geo, means, densities * 0.5, scales, GaussianConfig())
+    config = GaussianConfig(rendering=rendering)
+    model = GaussianModel(geo, means, densities * 0.5, scales, config)
     start = {name: p.detach().clone() for name, p in model.named_parameters()}
     trainer = Trainer(
         model,
@@ -261,6 +287,8 @@ def test_bad_inputs_raise_clear_errors():
         GaussianModel(geo, torch.zeros(2, 3), torch.ones(3), torch.ones(2, 3))
     with pytest.raises(ValueError, match="scale_min"):
         GaussianConfig(scale_min=0.6)
+    with pytest.raises(ValueError, match="rendering"):
+        GaussianConfig(rendering="splat")
     with pytest.raises(ValueError, match="split_count"):
         DensityControl(split_count=1)
     with pytest.raises(ValueError, match="mode"):

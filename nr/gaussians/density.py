@@ -5,6 +5,8 @@ projected centre, in normalised device coordinates (pixels x size/2), averaged o
 the views in which the Gaussian was visible. The trainer's losses use R2-Gaussian's
 normalised projection units, so R2-Gaussian's threshold applies unchanged. With K views
 per iteration each view's gradient is multiplied by K, as if each were rendered alone.
+With voxel rendering (no projected centres) it is the 3D position gradient instead
+(`accumulate_positions`).
 """
 
 from __future__ import annotations
@@ -83,6 +85,18 @@ class DensityControl:
         norms = ndc.norm(dim=-1) * grad_means2d.shape[0]
         model.grad_sum += (norms * visible).sum(0)
         model.grad_count += visible.sum(0)
+
+    @torch.no_grad()
+    def accumulate_positions(self, model: GaussianModel, grad_means: torch.Tensor) -> None:
+        """Add the position gradient norms of one voxel render ((G, 3), mm).
+
+        Voxel rendering has no view-space centres; its statistic is the gradient with
+        respect to the centre in R2-Gaussian's scene units (half the box = 1), counted
+        once per render for every Gaussian that the render reached.
+        """
+        norms = grad_means.norm(dim=-1) * (model.box_size / 2)
+        model.grad_sum += norms
+        model.grad_count += norms > 0
 
     @torch.no_grad()
     def densify_and_prune(self, model: GaussianModel, optimizer: torch.optim.Optimizer) -> None:
