@@ -228,9 +228,9 @@ def slice_axes(text: str) -> tuple[str, ...]:
     return axes
 
 
-def add_warm_start_argument(parser: argparse.ArgumentParser) -> None:
-    """``--warm-start`` (the classical volume a neural representation is fitted to first) and
-    ``--warm-start-steps``."""
+def add_nr_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--warm-start`` (the classical volume a neural representation is fitted to first),
+    ``--warm-start-steps`` and ``--gaussian-rendering``."""
     parser.add_argument(
         "--warm-start",
         choices=WARM_START_METHODS,
@@ -244,6 +244,12 @@ def add_warm_start_argument(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="neural methods: steps of that fit (default: the representation's recipe)",
     )
+    parser.add_argument(
+        "--gaussian-rendering",
+        choices=("voxel", "rasterize"),
+        help="Gaussians: training projections of the voxelized model by the scan's projector "
+        "(voxel, the default) or R2-Gaussian's X-ray rasterizer (docs/gaussians.md)",
+    )
 
 
 def nr_config(
@@ -252,12 +258,17 @@ def nr_config(
     seed: int,
     warm_start: str = "asd_pocs",
     warm_start_steps: int | None = None,
+    gaussian_rendering: str | None = None,
 ):
     """The default configuration of a neural representation ("gaussians" or "hashgrid"),
-    with the loop seeded by `seed` and the warm start of method `warm_start` (and
-    `warm_start_steps` steps unless None)."""
+    with the loop seeded by `seed`, the warm start of method `warm_start` (and
+    `warm_start_steps` steps unless None) and, for the Gaussians, `gaussian_rendering`
+    ("voxel" or "rasterize"; None keeps the recipe's)."""
     if name == "gaussians":
         config = GaussianReconConfig.default(iterations)
+        if gaussian_rendering is not None:
+            model = dataclasses.replace(config.model, rendering=gaussian_rendering)
+            config = dataclasses.replace(config, model=model)
     else:
         config = HashGridReconConfig()
     train = (

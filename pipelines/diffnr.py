@@ -32,8 +32,8 @@ from nr.train import plot_curves
 from pipelines.common import (
     LOG,
     RunFolder,
+    add_nr_arguments,
     add_scan_arguments,
-    add_warm_start_argument,
     caption,
     nr_config,
     quality,
@@ -104,7 +104,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_scan_arguments(parser, default_views=25)
-    add_warm_start_argument(parser)
+    add_nr_arguments(parser)
     parser.add_argument(
         "--nr",
         choices=["gaussians", "hashgrid"],
@@ -216,7 +216,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.manual_seed(args.seed)
     scan = resolve_scan(args.input, args.views, args.noise, args.seed, args.size)
     LOG.info("scan: %d views, volume %s", scan.geo.n_views, "x".join(map(str, scan.geo.n_voxel)))
-    config = nr_config(args.nr, args.iterations, args.seed, args.warm_start, args.warm_start_steps)
+    config = nr_config(
+        args.nr,
+        args.iterations,
+        args.seed,
+        args.warm_start,
+        args.warm_start_steps,
+        args.gaussian_rendering,
+    )
     iterations = config.train.iterations
     guard = HallucinationGuard(
         scan.projections, scan.geo, GuardConfig(args.guard_accept, args.guard_reject)

@@ -33,8 +33,8 @@ from nr.train import plot_curves
 from pipelines.common import (
     LOG,
     RunFolder,
+    add_nr_arguments,
     add_scan_arguments,
-    add_warm_start_argument,
     caption,
     nr_config,
     quality,
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
         "default); checkpoints in DIR/training resume an interrupted run",
     )
     add_scan_arguments(parser, default_views=50)
-    add_warm_start_argument(parser)
+    add_nr_arguments(parser)
     args = parser.parse_args(argv)
 
     out = RunFolder(args.out)
@@ -103,7 +103,12 @@ def main(argv: list[str] | None = None) -> dict:
         run, config = classical_method(args.method, args.filter)
     else:
         config = nr_config(
-            args.method, args.iterations, args.seed, args.warm_start, args.warm_start_steps
+            args.method,
+            args.iterations,
+            args.seed,
+            args.warm_start,
+            args.warm_start_steps,
+            args.gaussian_rendering,
         )
 
         def run(scan: Scan) -> torch.Tensor:

@@ -50,11 +50,19 @@ def test_recon_rejects_a_bad_input(tmp_path):
     assert not (tmp_path / "out" / "volume.nii.gz").exists()
 
 
-@pytest.mark.parametrize("method, warm_start", [("gaussians", "asd_pocs"), ("hashgrid", "none")])
-def test_recon_neural_methods_train_and_plot(small_volume, tmp_path, method, warm_start):
+@pytest.mark.parametrize(
+    "method, warm_start, extra",
+    [
+        ("gaussians", "asd_pocs", []),
+        ("gaussians", "none", ["--gaussian-rendering", "rasterize"]),
+        ("hashgrid", "none", []),
+    ],
+)
+def test_recon_neural_methods_train_and_plot(small_volume, tmp_path, method, warm_start, extra):
     out = tmp_path / method
     metrics = recon.main(
-        [
+        extra
+        + [
             str(small_volume),
             "--method",
             method,
@@ -77,3 +85,6 @@ def test_recon_neural_methods_train_and_plot(small_volume, tmp_path, method, war
     config = json.loads((out / "config.json").read_text())
     assert config["method_config"]["warm_start"]["method"] == warm_start
     assert config["method_config"]["warm_start"]["steps"] == 40
+    if method == "gaussians":
+        rendering = "rasterize" if extra else "voxel"
+        assert config["method_config"]["model"]["rendering"] == rendering

@@ -2,8 +2,10 @@
 //
 // Voxel value = sum over Gaussians of rho * exp(-power / 2), power = d^T P d, d = centre - mean,
 // P the precision (inverse covariance), taken only where power <= cutoff^2.
-// Forward: Gaussians are binned into 8^3 voxel blocks; each thread owns whole blocks.
+// Forward: Gaussians are binned into blocks of whole x rows by 8 x 8 (y, z); each thread owns
+// whole blocks.
 // Backward: each thread owns whole Gaussians and gathers over their footprint.
+// Both walk rows of voxels along x (`row_inside`): one interval per row, no exp per voxel.
 #include "kernels.h"
 
 #include <omp.h>
@@ -60,25 +62,85 @@ inline scalar_t power_at(const scalar_t* p, scalar_t dx, scalar_t dy, scalar_t d
          scalar_t(2) * (p[1] * dx * dy + p[2] * dx * dz + p[4] * dy * dz);
 }
 
+// One row of voxels (fixed y, z) of one Gaussian: the power is a convex quadratic in x, so the
+// voxels where power <= limit form an interval, and along it exp(-power / 2) follows a
+// two-multiplication recurrence (the power's second difference is constant) instead of one
+// exp per voxel.
+template <typename scalar_t>
+struct Row {
+  int64_t first = 1, last = 0;  // inclusive voxel range inside the cutoff; empty when first > last
+  double weight = 0, ratio = 0, factor = 0;  // exp(-power / 2) at `first`, its next ratio, ratio's factor
+  scalar_t dx_first = 0;                     // x offset from the mean at `first`, mm
+};
+
+// The recurrence's constant factor exp(-P_xx h^2) of one Gaussian.
+template <typename scalar_t>
+double row_factor(const scalar_t* p, const Grid& grid) {
+  return std::exp(-double(p[0]) * grid.spacing[0] * grid.spacing[0]);
+}
+
+template <typename scalar_t>
+Row<scalar_t> row_inside(const scalar_t* m, const scalar_t* p, scalar_t dy, scalar_t dz, scalar_t limit,
+                         double factor, const Grid& grid, int64_t lo, int64_t hi) {
+  Row<scalar_t> row;
+  const scalar_t x0 = scalar_t(grid.origin[0]) - m[0], h = scalar_t(grid.spacing[0]);
+  auto inside = [&](int64_t x) { return power_at(p, x0 + scalar_t(x) * h, dy, dz) <= limit; };
+  const double a = p[0], b = double(p[1]) * dy + double(p[2]) * dz;
+  // The power is smallest at dx = -b / a: its nearest voxels decide whether the row is empty.
+  const double centre = (-b / a - double(x0)) / double(h);
+  if (!std::isfinite(centre)) return row;
+  int64_t seed = int64_t(std::floor(std::min(std::max(centre, double(lo)), double(hi))));
+  if (!inside(seed)) {
+    if (seed + 1 <= hi && inside(seed + 1))
+      ++seed;
+    else
+      return row;
+  }
+  const double c = double(p[3]) * dy * dy + double(p[5]) * dz * dz + 2.0 * double(p[4]) * dy * dz;
+  const double half = std::sqrt(std::max(b * b - a * (c - double(limit)), 0.0)) / a / double(h);
+  // The analytic ends, then corrected voxel by voxel so that the set is exactly the voxels whose
+  // power passes the test (rounding), which the twin and the backward pass also use.
+  int64_t first = std::max(lo, std::min(seed, int64_t(std::ceil(centre - half))));
+  int64_t last = std::min(hi, std::max(seed, int64_t(std::floor(centre + half))));
+  while (first > lo && inside(first - 1)) --first;
+  while (first < seed && !inside(first)) ++first;
+  while (last < hi && inside(last + 1)) ++last;
+  while (last > seed && !inside(last)) --last;
+  row.first = first;
+  row.last = last;
+  row.dx_first = x0 + scalar_t(first) * h;
+  const double dx = row.dx_first, step = h;
+  // exp of the scalar type (expf for float32: half the cost, and the output's precision).
+  row.weight = std::exp(scalar_t(-0.5) * power_at(p, row.dx_first, dy, dz));
+  // power(dx + h) - power(dx) = a (2 dx h + h^2) + 2 b h; its own step is 2 a h^2.
+  row.ratio = std::exp(scalar_t(-0.5 * (a * (2.0 * dx * step + step * step) + 2.0 * b * step)));
+  row.factor = factor;
+  return row;
+}
+
 template <typename scalar_t>
 void forward(const scalar_t* means, const scalar_t* precisions, const scalar_t* rhos, int64_t n,
              const Grid& grid, double cutoff, scalar_t* volume) {
   const scalar_t limit = scalar_t(cutoff * cutoff);
+  // Blocks span whole rows along x (long rows amortise `row_inside`) and kBlock voxels in y, z.
+  const std::array<int64_t, 3> side{grid.size[0], kBlock, kBlock};
   std::array<int64_t, 3> blocks;
-  for (int i = 0; i < 3; ++i) blocks[i] = (grid.size[i] + kBlock - 1) / kBlock;
+  for (int i = 0; i < 3; ++i) blocks[i] = (grid.size[i] + side[i] - 1) / side[i];
   const int64_t n_blocks = blocks[0] * blocks[1] * blocks[2];
   std::vector<Box> boxes(n);
   std::vector<int64_t> pairs(n);
+  std::vector<double> factors(n);
   for (int64_t g = 0; g < n; ++g) {
     boxes[g] = footprint(means + 3 * g, precisions + 6 * g, rhos[g], cutoff, grid);
+    factors[g] = row_factor(precisions + 6 * g, grid);
     const Box& b = boxes[g];
     pairs[g] = 1;
-    for (int i = 0; i < 3; ++i) pairs[g] *= b.empty() ? 0 : b.hi[i] / kBlock - b.lo[i] / kBlock + 1;
+    for (int i = 0; i < 3; ++i) pairs[g] *= b.empty() ? 0 : b.hi[i] / side[i] - b.lo[i] / side[i] + 1;
   }
   auto for_each_block = [&](const Box& b, auto&& visit) {
-    for (int64_t bz = b.lo[2] / kBlock; bz <= b.hi[2] / kBlock; ++bz)
-      for (int64_t by = b.lo[1] / kBlock; by <= b.hi[1] / kBlock; ++by)
-        for (int64_t bx = b.lo[0] / kBlock; bx <= b.hi[0] / kBlock; ++bx)
+    for (int64_t bz = b.lo[2] / side[2]; bz <= b.hi[2] / side[2]; ++bz)
+      for (int64_t by = b.lo[1] / side[1]; by <= b.hi[1] / side[1]; ++by)
+        for (int64_t bx = b.lo[0] / side[0]; bx <= b.hi[0] / side[0]; ++bx)
           visit((bz * blocks[1] + by) * blocks[0] + bx);
   };
   std::vector<int64_t> offsets(n_blocks + 1), cursor(n_blocks), list;
@@ -95,28 +157,30 @@ void forward(const scalar_t* means, const scalar_t* precisions, const scalar_t* 
       if (pairs[g] > 0) for_each_block(boxes[g], [&](int64_t k) { list[cursor[k]++] = g; });
 #pragma omp parallel for schedule(dynamic, 1) num_threads(at::get_num_threads())
     for (int64_t k = 0; k < n_blocks; ++k) {
-      const std::array<int64_t, 3> start{(k % blocks[0]) * kBlock, ((k / blocks[0]) % blocks[1]) * kBlock,
-                                         (k / (blocks[0] * blocks[1])) * kBlock};
+      const std::array<int64_t, 3> start{(k % blocks[0]) * side[0], ((k / blocks[0]) % blocks[1]) * side[1],
+                                         (k / (blocks[0] * blocks[1])) * side[2]};
       for (int64_t j = offsets[k]; j < offsets[k + 1]; ++j) {
         const int64_t g = list[j];
         const Box& b = boxes[g];
         const scalar_t* m = means + 3 * g;
         const scalar_t* p = precisions + 6 * g;
-        const scalar_t rho = rhos[g];
+        const double rho = rhos[g];
         std::array<int64_t, 3> lo, hi;
         for (int i = 0; i < 3; ++i) {
           lo[i] = std::max(b.lo[i], start[i]);
-          hi[i] = std::min(b.hi[i], start[i] + kBlock - 1);
+          hi[i] = std::min(b.hi[i], start[i] + side[i] - 1);
         }
         for (int64_t z = lo[2]; z <= hi[2]; ++z) {
           const scalar_t dz = scalar_t(grid.origin[2]) + scalar_t(z) * scalar_t(grid.spacing[2]) - m[2];
           for (int64_t y = lo[1]; y <= hi[1]; ++y) {
             const scalar_t dy = scalar_t(grid.origin[1]) + scalar_t(y) * scalar_t(grid.spacing[1]) - m[1];
-            scalar_t* row = volume + (z * grid.size[1] + y) * grid.size[0];
-            for (int64_t x = lo[0]; x <= hi[0]; ++x) {
-              const scalar_t dx = scalar_t(grid.origin[0]) + scalar_t(x) * scalar_t(grid.spacing[0]) - m[0];
-              const scalar_t power = power_at(p, dx, dy, dz);
-              if (power <= limit) row[x] += rho * std::exp(scalar_t(-0.5) * power);
+            const Row<scalar_t> row = row_inside(m, p, dy, dz, limit, factors[g], grid, lo[0], hi[0]);
+            scalar_t* out = volume + (z * grid.size[1] + y) * grid.size[0];
+            double weight = rho * row.weight, ratio = row.ratio;
+            for (int64_t x = row.first; x <= row.last; ++x) {
+              out[x] += scalar_t(weight);
+              weight *= ratio;
+              ratio *= row.factor;
             }
           }
         }
@@ -136,29 +200,39 @@ void backward_gaussian(const scalar_t* m, const scalar_t* p, scalar_t rho, const
   std::array<double, 3> g_mean{0, 0, 0};
   std::array<double, 6> g_p{0, 0, 0, 0, 0, 0};
   double g_rho = 0;
+  const double h = grid.spacing[0], factor = row_factor(p, grid);
   for (int64_t z = b.lo[2]; z <= b.hi[2]; ++z) {
     const scalar_t dz = scalar_t(grid.origin[2]) + scalar_t(z) * scalar_t(grid.spacing[2]) - m[2];
     for (int64_t y = b.lo[1]; y <= b.hi[1]; ++y) {
       const scalar_t dy = scalar_t(grid.origin[1]) + scalar_t(y) * scalar_t(grid.spacing[1]) - m[1];
-      const scalar_t* row = grad_volume + (z * grid.size[1] + y) * grid.size[0];
-      for (int64_t x = b.lo[0]; x <= b.hi[0]; ++x) {
-        const scalar_t dx = scalar_t(grid.origin[0]) + scalar_t(x) * scalar_t(grid.spacing[0]) - m[0];
-        const scalar_t power = power_at(p, dx, dy, dz);
-        if (!(power <= limit)) continue;
-        const double gw = double(row[x]) * double(std::exp(scalar_t(-0.5) * power));
-        g_rho += gw;
-        const double g_power = -0.5 * gw * double(rho);
-        // d power / d mean = -2 P d.
-        g_mean[0] -= g_power * 2.0 * (double(p[0]) * dx + double(p[1]) * dy + double(p[2]) * dz);
-        g_mean[1] -= g_power * 2.0 * (double(p[1]) * dx + double(p[3]) * dy + double(p[4]) * dz);
-        g_mean[2] -= g_power * 2.0 * (double(p[2]) * dx + double(p[4]) * dy + double(p[5]) * dz);
-        g_p[0] += g_power * dx * dx;
-        g_p[1] += g_power * 2.0 * dx * dy;
-        g_p[2] += g_power * 2.0 * dx * dz;
-        g_p[3] += g_power * dy * dy;
-        g_p[4] += g_power * 2.0 * dy * dz;
-        g_p[5] += g_power * dz * dz;
+      const Row<scalar_t> row = row_inside(m, p, dy, dz, limit, factor, grid, b.lo[0], b.hi[0]);
+      if (row.first > row.last) continue;
+      const scalar_t* in = grad_volume + (z * grid.size[1] + y) * grid.size[0];
+      // The row's moments sum_x g w dx^k (k = 0, 1, 2), with dx counted from `first`.
+      double s0 = 0, s1 = 0, s2 = 0, weight = row.weight, ratio = row.ratio;
+      for (int64_t x = row.first; x <= row.last; ++x) {
+        const double gw = double(in[x]) * weight, t = double(x - row.first);
+        s0 += gw;
+        s1 += gw * t;
+        s2 += gw * t * t;
+        weight *= ratio;
+        ratio *= row.factor;
       }
+      const double d0 = row.dx_first;
+      const double m1 = d0 * s0 + h * s1, m2 = d0 * d0 * s0 + 2.0 * d0 * h * s1 + h * h * s2;
+      g_rho += s0;
+      // With g_power = -rho / 2 * sum g w: d power / d mean = -2 P d, d power / d P = d d^T.
+      const double k = -0.5 * double(rho), t0 = k * s0, t1 = k * m1, t2 = k * m2;
+      const double ey = dy, ez = dz;
+      g_mean[0] -= 2.0 * (double(p[0]) * t1 + (double(p[1]) * ey + double(p[2]) * ez) * t0);
+      g_mean[1] -= 2.0 * (double(p[1]) * t1 + (double(p[3]) * ey + double(p[4]) * ez) * t0);
+      g_mean[2] -= 2.0 * (double(p[2]) * t1 + (double(p[4]) * ey + double(p[5]) * ez) * t0);
+      g_p[0] += t2;
+      g_p[1] += 2.0 * ey * t1;
+      g_p[2] += 2.0 * ez * t1;
+      g_p[3] += ey * ey * t0;
+      g_p[4] += 2.0 * ey * ez * t0;
+      g_p[5] += ez * ez * t0;
     }
   }
   for (int i = 0; i < 3; ++i) grad_mean[i] = scalar_t(g_mean[i]);
