@@ -69,11 +69,12 @@ inline scalar_t power_at(const scalar_t* p, scalar_t dx, scalar_t dy, scalar_t d
 template <typename scalar_t>
 struct Row {
   int64_t first = 1, last = 0;  // inclusive voxel range inside the cutoff; empty when first > last
-  double weight = 0, ratio = 0, factor = 0;  // exp(-power / 2) at `first`, its next ratio, ratio's factor
-  scalar_t dx_first = 0;                     // x offset from the mean at `first`, mm
+  double weight = 0, ratio = 0;  // exp(-power / 2) at `first` and its ratio to the next voxel's
+  scalar_t dx_first = 0;         // x offset from the mean at `first`, mm
 };
 
-// The recurrence's constant factor exp(-P_xx h^2) of one Gaussian.
+// The recurrence's constant factor exp(-P_xx h^2) of one Gaussian: each step multiplies the
+// ratio by it.
 template <typename scalar_t>
 double row_factor(const scalar_t* p, const Grid& grid) {
   return std::exp(-double(p[0]) * grid.spacing[0] * grid.spacing[0]);
@@ -81,7 +82,7 @@ double row_factor(const scalar_t* p, const Grid& grid) {
 
 template <typename scalar_t>
 Row<scalar_t> row_inside(const scalar_t* m, const scalar_t* p, scalar_t dy, scalar_t dz, scalar_t limit,
-                         double factor, const Grid& grid, int64_t lo, int64_t hi) {
+                         const Grid& grid, int64_t lo, int64_t hi) {
   Row<scalar_t> row;
   const scalar_t x0 = scalar_t(grid.origin[0]) - m[0], h = scalar_t(grid.spacing[0]);
   auto inside = [&](int64_t x) { return power_at(p, x0 + scalar_t(x) * h, dy, dz) <= limit; };
@@ -110,11 +111,10 @@ Row<scalar_t> row_inside(const scalar_t* m, const scalar_t* p, scalar_t dy, scal
   row.last = last;
   row.dx_first = x0 + scalar_t(first) * h;
   const double dx = row.dx_first, step = h;
-  // exp of the scalar type (expf for float32: half the cost, and the output's precision).
+  // exp of the scalar type (expf for float32, the output's precision).
   row.weight = std::exp(scalar_t(-0.5) * power_at(p, row.dx_first, dy, dz));
   // power(dx + h) - power(dx) = a (2 dx h + h^2) + 2 b h; its own step is 2 a h^2.
   row.ratio = std::exp(scalar_t(-0.5 * (a * (2.0 * dx * step + step * step) + 2.0 * b * step)));
-  row.factor = factor;
   return row;
 }
 
@@ -164,7 +164,7 @@ void forward(const scalar_t* means, const scalar_t* precisions, const scalar_t* 
         const Box& b = boxes[g];
         const scalar_t* m = means + 3 * g;
         const scalar_t* p = precisions + 6 * g;
-        const double rho = rhos[g];
+        const double rho = rhos[g], factor = factors[g];
         std::array<int64_t, 3> lo, hi;
         for (int i = 0; i < 3; ++i) {
           lo[i] = std::max(b.lo[i], start[i]);
@@ -174,13 +174,13 @@ void forward(const scalar_t* means, const scalar_t* precisions, const scalar_t* 
           const scalar_t dz = scalar_t(grid.origin[2]) + scalar_t(z) * scalar_t(grid.spacing[2]) - m[2];
           for (int64_t y = lo[1]; y <= hi[1]; ++y) {
             const scalar_t dy = scalar_t(grid.origin[1]) + scalar_t(y) * scalar_t(grid.spacing[1]) - m[1];
-            const Row<scalar_t> row = row_inside(m, p, dy, dz, limit, factors[g], grid, lo[0], hi[0]);
+            const Row<scalar_t> row = row_inside(m, p, dy, dz, limit, grid, lo[0], hi[0]);
             scalar_t* out = volume + (z * grid.size[1] + y) * grid.size[0];
             double weight = rho * row.weight, ratio = row.ratio;
             for (int64_t x = row.first; x <= row.last; ++x) {
               out[x] += scalar_t(weight);
               weight *= ratio;
-              ratio *= row.factor;
+              ratio *= factor;
             }
           }
         }
@@ -205,7 +205,7 @@ void backward_gaussian(const scalar_t* m, const scalar_t* p, scalar_t rho, const
     const scalar_t dz = scalar_t(grid.origin[2]) + scalar_t(z) * scalar_t(grid.spacing[2]) - m[2];
     for (int64_t y = b.lo[1]; y <= b.hi[1]; ++y) {
       const scalar_t dy = scalar_t(grid.origin[1]) + scalar_t(y) * scalar_t(grid.spacing[1]) - m[1];
-      const Row<scalar_t> row = row_inside(m, p, dy, dz, limit, factor, grid, b.lo[0], b.hi[0]);
+      const Row<scalar_t> row = row_inside(m, p, dy, dz, limit, grid, b.lo[0], b.hi[0]);
       if (row.first > row.last) continue;
       const scalar_t* in = grad_volume + (z * grid.size[1] + y) * grid.size[0];
       // The row's moments sum_x g w dx^k (k = 0, 1, 2), with dx counted from `first`.
@@ -216,7 +216,7 @@ void backward_gaussian(const scalar_t* m, const scalar_t* p, scalar_t rho, const
         s1 += gw * t;
         s2 += gw * t * t;
         weight *= ratio;
-        ratio *= row.factor;
+        ratio *= factor;
       }
       const double d0 = row.dx_first;
       const double m1 = d0 * s0 + h * s1, m2 = d0 * d0 * s0 + 2.0 * d0 * h * s1 + h * h * s2;
