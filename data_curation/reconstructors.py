@@ -161,7 +161,8 @@ def _load_hashgrid() -> Reconstructor:
 def _load_gaussians() -> Reconstructor:
     """`nr.recon.reconstruct_gaussians` with ``GaussianReconConfig.default``
     (its densification schedule scales with the iterations); the seed sets the initial
-    points and the loop."""
+    points and the loop. The base recipe at every grid size, not the one sized to the grid:
+    curated reconstructions are meant to be underfit, and their standard count is fixed."""
     config_cls, reconstruct_gaussians = _import(
         "gaussians", "nr.recon", "GaussianReconConfig", "reconstruct_gaussians"
     )

@@ -1,7 +1,9 @@
 """The two reconstruction recipes on `nr.train.Trainer`: a hash-grid field and R2-Gaussian.
 
     volume, history = reconstruct_hashgrid(projections, geo, HashGridReconConfig())
-    volume, history = reconstruct_gaussians(projections, geo, GaussianReconConfig.default())
+    volume, history = reconstruct_gaussians(
+        projections, geo, GaussianReconConfig.default(shape=geo.volume_shape)
+    )
 
 Both start with an FDK reconstruction of the projections: its 99.9th percentile is the
 attenuation that counts as 1 in the losses (``TrainConfig.volume_scale``, see `nr.train`).
@@ -16,6 +18,7 @@ learning rates, densifying on the schedule of `DensityControl`.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -50,6 +53,8 @@ DEFAULT_WARM_START = WarmStartConfig(steps=1600, crop=32)
 # 128^3 ASD-POCS start after 200 steps on 64^3 crops, 31.6 dB after 3,200 steps on 32^3
 # crops at 3x the rates, in twice the time (docs/gaussians.md).
 DEFAULT_GAUSSIAN_WARM_START = WarmStartConfig(steps=3200, crop=32, lr_factor=3.0)
+# The grid the Gaussians' base recipe is sized for (`GaussianReconConfig.default`).
+SMALL_GRID = 64**3
 
 
 @dataclass(frozen=True)
@@ -168,32 +173,53 @@ class GaussianReconConfig:
     warm_start: WarmStartConfig = dataclasses.field(default_factory=WarmStartConfig)
 
     @classmethod
-    def default(cls, iterations: int | None = None) -> GaussianReconConfig:
-        """The CPU default: R2-Gaussian's recipe on a shorter schedule and a smaller model.
+    def default(
+        cls, iterations: int | None = None, shape: Sequence[int] | None = None
+    ) -> GaussianReconConfig:
+        """The CPU default: R2-Gaussian's recipe on a shorter schedule, sized to the grid.
 
-        A warm start of 3,200 steps on 32^3 crops at 3x the model's learning rates
-        (`DEFAULT_GAUSSIAN_WARM_START`), then 500 iterations of 4 views (2,000 rendered
-        views; R2-Gaussian renders 30,000, one per iteration), 20,000 initial Gaussians
-        (R2-Gaussian: 50,000) and at most 50,000 (R2-Gaussian: 500,000): sized for a
-        128^3 / 50-view scan in about 5 minutes on 2 cores (docs/gaussians.md). The
+        Up to 64^3 voxels (or `shape` None): a warm start of 3,200 steps on 32^3 crops at
+        3x the model's learning rates (`DEFAULT_GAUSSIAN_WARM_START`), then 500 iterations
+        of 4 views (2,000 rendered views; R2-Gaussian renders 30,000, one per iteration),
+        20,000 initial Gaussians (R2-Gaussian: 50,000) and at most 50,000 (R2-Gaussian:
+        500,000). Larger grids need more Gaussians: 20,000 can not hold a 128^3 volume
+        (docs/gaussians.md, "Sizing"). With k = cbrt(voxels / 64^3) > 1 the recipe takes
+        one initial Gaussian per 20 voxels (at most twice that many after densification),
+        k x 3,200 warm-start steps, and k x 4 views per iteration for 500 / k iterations:
+        one voxelization serves all views of an iteration, and it costs more on a larger
+        grid. At 128^3: 104,857 Gaussians, 6,400 steps, 250 iterations of 8 views. The
         density-control schedule keeps R2-Gaussian's proportions of the run (start after
-        1/60, stop at 1/2) with a densification every 25 iterations = 100 views, as
-        R2-Gaussian's every 100 iterations of one view.
+        1/60, stop at 1/2) with a densification every 25 iterations.
 
         Args:
-            iterations: overrides 500; the densification schedule scales with it.
+            iterations: overrides the iteration count; the densification schedule scales
+                with it.
+            shape: (Z, Y, X) voxels of the scan the recipe is for.
         """
-        iterations = 500 if iterations is None else iterations
-        if not isinstance(iterations, int) or iterations < 1:
+        if iterations is not None and (not isinstance(iterations, int) or iterations < 1):
             raise ValueError(f"iterations: expected a positive int, got {iterations!r}")
+        voxels = SMALL_GRID if shape is None else math.prod(int(n) for n in shape)
+        if shape is not None and (len(shape) != 3 or voxels < 1):
+            raise ValueError(f"shape: expected 3 positive voxel counts, got {tuple(shape)}")
+        k = max(1.0, (voxels / SMALL_GRID) ** (1 / 3))
+        n_points = 20_000 if k == 1 else max(20_000, voxels // 20)
+        iterations = round(500 / k) if iterations is None else iterations
         control = DensityControl(
-            start=iterations // 60, until=iterations // 2, every=25, max_gaussians=50_000
+            start=iterations // 60,
+            until=iterations // 2,
+            every=25,
+            max_gaussians=max(50_000, 2 * n_points),
+        )
+        warm_start = dataclasses.replace(
+            DEFAULT_GAUSSIAN_WARM_START, steps=round(DEFAULT_GAUSSIAN_WARM_START.steps * k)
         )
         return cls(
-            init=InitConfig(n_points=20_000),
+            init=InitConfig(n_points=n_points),
             model=GaussianConfig(density_control=control, rendering="voxel"),
-            train=TrainConfig(iterations=iterations, views_per_iteration=4, eval_every=0),
-            warm_start=DEFAULT_GAUSSIAN_WARM_START,
+            train=TrainConfig(
+                iterations=iterations, views_per_iteration=round(4 * k), eval_every=0
+            ),
+            warm_start=warm_start,
         )
 
 
@@ -208,11 +234,12 @@ def reconstruct_gaussians(
     """Fit Gaussians to the projections of `geo`; arguments as `reconstruct_hashgrid`.
 
     `config` (initialisation, model, loop and scaling) defaults to
-    `GaussianReconConfig.default()`. Returns the (Z, Y, X) float32 CPU volume (attenuation
-    per mm) and the history, with the resolved configuration under "config" and the final
-    number of Gaussians under "gaussians".
+    `GaussianReconConfig.default(shape=geo.volume_shape)`. Returns the (Z, Y, X) float32 CPU
+    volume (attenuation per mm) and the history, with the resolved configuration under
+    "config" and the final number of Gaussians under "gaussians".
     """
-    config = GaussianReconConfig.default() if config is None else config
+    if config is None:
+        config = GaussianReconConfig.default(shape=geo.volume_shape)
     if not isinstance(config, GaussianReconConfig):
         raise TypeError(f"config: expected a GaussianReconConfig, got {type(config).__name__}")
     check_projections(projections, geo)

@@ -223,6 +223,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.warm_start,
         args.warm_start_steps,
         args.gaussian_rendering,
+        scan.geo.volume_shape,
     )
     iterations = config.train.iterations
     guard = HallucinationGuard(

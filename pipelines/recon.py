@@ -109,6 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
             args.warm_start,
             args.warm_start_steps,
             args.gaussian_rendering,
+            scan.geo.volume_shape,
         )
 
         def run(scan: Scan) -> torch.Tensor:

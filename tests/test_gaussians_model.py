@@ -327,3 +327,26 @@ def test_representations_do_not_import_lower_layers():
                     if any(name == m or name.startswith(m + ".") for m in LOWER_LAYERS)
                 ]
     assert offenders == []
+
+
+def test_default_recipe_is_sized_to_the_grid():
+    base = GaussianReconConfig.default()
+    # Up to 64^3 voxels: the base recipe, whatever the shape.
+    for shape in [(32, 32, 32), (64, 64, 64), (16, 64, 128)]:
+        assert GaussianReconConfig.default(shape=shape) == base
+    assert (base.init.n_points, base.train.iterations, base.train.views_per_iteration) == (
+        20_000,
+        500,
+        4,
+    )
+    large = GaussianReconConfig.default(shape=(128, 128, 128))
+    assert large.init.n_points == 128**3 // 20
+    assert large.model.density_control.max_gaussians == 2 * large.init.n_points
+    assert (large.train.iterations, large.train.views_per_iteration) == (250, 8)
+    assert large.warm_start.steps == 2 * base.warm_start.steps
+    assert large.model.density_control.until == 125
+    # An explicit iteration count wins; the densification schedule follows it.
+    assert GaussianReconConfig.default(100, (128, 128, 128)).model.density_control.until == 50
+    for bad in [(128, 128), (0, 64, 64)]:
+        with pytest.raises(ValueError, match="shape"):
+            GaussianReconConfig.default(shape=bad)
