@@ -183,7 +183,7 @@ class GaussianReconConfig:
         of 4 views (2,000 rendered views; R2-Gaussian renders 30,000, one per iteration),
         20,000 initial Gaussians (R2-Gaussian: 50,000) and at most 50,000 (R2-Gaussian:
         500,000). Larger grids need more Gaussians: 20,000 can not hold a 128^3 volume
-        (docs/gaussians.md, "Sizing"). With k = cbrt(voxels / 64^3) > 1 the recipe takes
+        (docs/gaussians.md, "Sizing to the grid"). With k = cbrt(voxels / 64^3) > 1 the recipe takes
         one initial Gaussian per 20 voxels (at most twice that many after densification),
         k x 3,200 warm-start steps, and k x 4 views per iteration for 500 / k iterations:
         one voxelization serves all views of an iteration, and it costs more on a larger
@@ -198,11 +198,11 @@ class GaussianReconConfig:
         """
         if iterations is not None and (not isinstance(iterations, int) or iterations < 1):
             raise ValueError(f"iterations: expected a positive int, got {iterations!r}")
-        voxels = SMALL_GRID if shape is None else math.prod(int(n) for n in shape)
-        if shape is not None and (len(shape) != 3 or voxels < 1):
+        if shape is not None and (len(shape) != 3 or any(int(n) < 1 for n in shape)):
             raise ValueError(f"shape: expected 3 positive voxel counts, got {tuple(shape)}")
+        voxels = SMALL_GRID if shape is None else math.prod(int(n) for n in shape)
         k = max(1.0, (voxels / SMALL_GRID) ** (1 / 3))
-        n_points = 20_000 if k == 1 else max(20_000, voxels // 20)
+        n_points = max(20_000, voxels // 20)  # 20,000 up to 64^3 voxels
         iterations = round(500 / k) if iterations is None else iterations
         control = DensityControl(
             start=iterations // 60,

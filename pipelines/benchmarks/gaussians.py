@@ -178,12 +178,11 @@ def _reconstructions(quick: bool, volume: np.ndarray) -> str:
         )
     return (
         f"Default CPU configuration (`GaussianReconConfig.default(shape=({side},) * 3)`), "
-        f"{side}^3 volume, "
-        f"noiseless cone-beam views over 360 degrees, {side}^2 detector; the Gaussians are "
-        f"seeded from and fitted to a warm-start volume ({config.warm_start.method}, "
-        f"{config.warm_start.steps} fitting steps; its PSNR and that of the fitted Gaussians in "
-        "their columns); time includes FDK, "
-        "the warm start, initialisation and one final evaluation; PSNR/SSIM of the unclipped "
+        f"{side}^3 volume, noiseless cone-beam views over 360 degrees, {side}^2 detector; "
+        "the Gaussians are seeded from and fitted to a warm-start volume "
+        f"({config.warm_start.method}, {config.warm_start.steps} fitting steps; its PSNR and "
+        "that of the fitted Gaussians in their columns); time includes FDK, the warm start, "
+        "initialisation and one final evaluation; PSNR/SSIM of the unclipped "
         "volume against the ground truth (data range 1).\n\n" + "\n".join(rows)
     )
 
