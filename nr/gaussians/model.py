@@ -302,8 +302,12 @@ class GaussianModel(nn.Module):
         """`query_box` on checked arguments, with `means` standing for `self.means`."""
         spacing = geo.voxel_size_xyz()
         origin = geo.voxel_origin_xyz() + spacing * start[::-1]
-        # Only Gaussians whose bounding sphere reaches the box enter the kernels.
-        reach = self.volume_cutoff * self.scales.detach().amax(-1, keepdim=True)
+        # Only Gaussians whose bounding sphere reaches the box enter the kernels; the
+        # activations run on those alone (a crop holds a small share of them). The sigmoid
+        # is monotonic: the largest raw scale gives the largest scale.
+        s_lo, s_hi = self.scale_bounds
+        largest = s_lo + (s_hi - s_lo) * torch.sigmoid(self.raw_scales.detach().amax(-1, True))
+        reach = self.volume_cutoff * largest
         low = torch.as_tensor(origin, dtype=reach.dtype, device=reach.device)
         high = low + torch.as_tensor(
             spacing * (np.array(size[::-1]) - 1), dtype=reach.dtype, device=reach.device
@@ -311,10 +315,12 @@ class GaussianModel(nn.Module):
         centres = means.detach()
         near = ((centres + reach >= low) & (centres - reach <= high)).all(-1)
         index = near.nonzero().squeeze(1)
+        scales = s_lo + (s_hi - s_lo) * torch.sigmoid(self.raw_scales[index])
+        quaternions = F.normalize(self.raw_quaternions[index], dim=-1)
         return voxelize(
             means[index],
-            precisions(self.scales[index], self.quaternions[index]),
-            self.densities[index],
+            precisions(scales, quaternions),
+            self.config.density_unit * F.softplus(self.raw_densities[index]),
             origin.tolist(),
             spacing.tolist(),
             size,

@@ -5,7 +5,7 @@
 // Forward: Gaussians are binned into blocks of whole x rows by 8 x 8 (y, z); each thread owns
 // whole blocks.
 // Backward: each thread owns whole Gaussians and gathers over their footprint.
-// Both walk rows of voxels along x (`row_inside`): one interval per row, no exp per voxel.
+// Both walk rows of voxels along x (`row_walk`): no exp per voxel.
 #include "kernels.h"
 
 #include <omp.h>
@@ -62,15 +62,16 @@ inline scalar_t power_at(const scalar_t* p, scalar_t dx, scalar_t dy, scalar_t d
          scalar_t(2) * (p[1] * dx * dy + p[2] * dx * dz + p[4] * dy * dz);
 }
 
-// One row of voxels (fixed y, z) of one Gaussian: the power is a convex quadratic in x, so the
-// voxels where power <= limit form an interval, and along it exp(-power / 2) follows a
-// two-multiplication recurrence (the power's second difference is constant) instead of one
-// exp per voxel.
+// One row of voxels (fixed y, z) of one Gaussian. The power is a convex quadratic in x, so
+// exp(-power / 2) follows a two-multiplication recurrence along the row (the power's second
+// difference is constant) instead of one exp per voxel, and the voxels where power <= limit
+// form an interval.
 template <typename scalar_t>
 struct Row {
-  int64_t first = 1, last = 0;  // inclusive voxel range inside the cutoff; empty when first > last
+  int64_t first = 1, last = 0;  // inclusive voxel range of the walk; empty when first > last
   double weight = 0, ratio = 0;  // exp(-power / 2) at `first` and its ratio to the next voxel's
   scalar_t dx_first = 0;         // x offset from the mean at `first`, mm
+  bool test = false;             // walk tests each voxel (power_at <= limit); else all are inside
 };
 
 // The recurrence's constant factor exp(-P_xx h^2) of one Gaussian: each step multiplies the
@@ -80,41 +81,58 @@ double row_factor(const scalar_t* p, const Grid& grid) {
   return std::exp(-double(p[0]) * grid.spacing[0] * grid.spacing[0]);
 }
 
+// Rows whose power stays below this everywhere in [lo, hi] keep every weight (>= e^-500) and
+// ratio of the recurrence within double range, so the walk can start at `lo`.
+constexpr double kWalkPowerLimit = 1000.0;
+
 template <typename scalar_t>
-Row<scalar_t> row_inside(const scalar_t* m, const scalar_t* p, scalar_t dy, scalar_t dz, scalar_t limit,
-                         const Grid& grid, int64_t lo, int64_t hi) {
+Row<scalar_t> row_walk(const scalar_t* m, const scalar_t* p, scalar_t dy, scalar_t dz, scalar_t limit,
+                       const Grid& grid, int64_t lo, int64_t hi) {
   Row<scalar_t> row;
   const scalar_t x0 = scalar_t(grid.origin[0]) - m[0], h = scalar_t(grid.spacing[0]);
   auto inside = [&](int64_t x) { return power_at(p, x0 + scalar_t(x) * h, dy, dz) <= limit; };
   const double a = p[0], b = double(p[1]) * dy + double(p[2]) * dz;
-  // The power is smallest at dx = -b / a: its nearest voxels decide whether the row is empty.
-  const double centre = (-b / a - double(x0)) / double(h);
-  if (!std::isfinite(centre)) return row;
-  int64_t seed = int64_t(std::floor(std::min(std::max(centre, double(lo)), double(hi))));
-  if (!inside(seed)) {
-    if (seed + 1 <= hi && inside(seed + 1))
-      ++seed;
-    else
-      return row;
-  }
   const double c = double(p[3]) * dy * dy + double(p[5]) * dz * dz + 2.0 * double(p[4]) * dy * dz;
-  const double half = std::sqrt(std::max(b * b - a * (c - double(limit)), 0.0)) / a / double(h);
-  // The analytic ends, then corrected voxel by voxel so that the set is exactly the voxels whose
-  // power passes the test (rounding), which the twin and the backward pass also use.
-  int64_t first = std::max(lo, std::min(seed, int64_t(std::ceil(centre - half))));
-  int64_t last = std::min(hi, std::max(seed, int64_t(std::floor(centre + half))));
-  while (first > lo && inside(first - 1)) --first;
-  while (first < seed && !inside(first)) ++first;
-  while (last < hi && inside(last + 1)) ++last;
-  while (last > seed && !inside(last)) --last;
-  row.first = first;
-  row.last = last;
-  row.dx_first = x0 + scalar_t(first) * h;
+  // disc = a (limit - the row's smallest power). A row whose smallest power exceeds the limit by
+  // far more than the rounding of the power's terms has no voxel inside.
+  const double disc = b * b - a * (c - double(limit));
+  if (!(disc >= -1e-4 * (a * (double(limit) + std::abs(c)) + b * b))) return row;
+  const scalar_t dx_lo = x0 + scalar_t(lo) * h;
+  const double power_lo = power_at(p, dx_lo, dy, dz), power_hi = power_at(p, x0 + scalar_t(hi) * h, dy, dz);
+  if (power_lo <= kWalkPowerLimit && power_hi <= kWalkPowerLimit) {
+    // Short rows (small Gaussians): walking the whole row and testing each voxel costs less
+    // than finding the interval's ends exactly.
+    row.first = lo;
+    row.last = hi;
+    row.test = true;
+  } else {
+    // The power is smallest at dx = -b / a: its nearest voxels decide whether the row is empty.
+    const double centre = (-b / a - double(x0)) / double(h);
+    if (!std::isfinite(centre)) return row;
+    int64_t seed = int64_t(std::floor(std::min(std::max(centre, double(lo)), double(hi))));
+    if (!inside(seed)) {
+      if (seed + 1 <= hi && inside(seed + 1))
+        ++seed;
+      else
+        return row;
+    }
+    const double half = std::sqrt(std::max(disc, 0.0)) / a / double(h);
+    // The analytic ends, then corrected voxel by voxel so that the set is exactly the voxels
+    // whose power passes the test (rounding), which the twin also uses.
+    int64_t first = std::max(lo, std::min(seed, int64_t(std::ceil(centre - half))));
+    int64_t last = std::min(hi, std::max(seed, int64_t(std::floor(centre + half))));
+    while (first > lo && inside(first - 1)) --first;
+    while (first < seed && !inside(first)) ++first;
+    while (last < hi && inside(last + 1)) ++last;
+    while (last > seed && !inside(last)) --last;
+    row.first = first;
+    row.last = last;
+  }
+  row.dx_first = x0 + scalar_t(row.first) * h;
   const double dx = row.dx_first, step = h;
-  // exp of the scalar type (expf for float32, the output's precision).
-  row.weight = std::exp(scalar_t(-0.5) * power_at(p, row.dx_first, dy, dz));
+  row.weight = std::exp(-0.5 * double(power_at(p, row.dx_first, dy, dz)));
   // power(dx + h) - power(dx) = a (2 dx h + h^2) + 2 b h; its own step is 2 a h^2.
-  row.ratio = std::exp(scalar_t(-0.5 * (a * (2.0 * dx * step + step * step) + 2.0 * b * step)));
+  row.ratio = std::exp(-0.5 * (a * (2.0 * dx * step + step * step) + 2.0 * b * step));
   return row;
 }
 
@@ -122,7 +140,7 @@ template <typename scalar_t>
 void forward(const scalar_t* means, const scalar_t* precisions, const scalar_t* rhos, int64_t n,
              const Grid& grid, double cutoff, scalar_t* volume) {
   const scalar_t limit = scalar_t(cutoff * cutoff);
-  // Blocks span whole rows along x (long rows amortise `row_inside`) and kBlock voxels in y, z.
+  // Blocks span whole rows along x (long rows amortise `row_walk`) and kBlock voxels in y, z.
   const std::array<int64_t, 3> side{grid.size[0], kBlock, kBlock};
   std::array<int64_t, 3> blocks;
   for (int i = 0; i < 3; ++i) blocks[i] = (grid.size[i] + side[i] - 1) / side[i];
@@ -165,6 +183,7 @@ void forward(const scalar_t* means, const scalar_t* precisions, const scalar_t* 
         const scalar_t* m = means + 3 * g;
         const scalar_t* p = precisions + 6 * g;
         const double rho = rhos[g], factor = factors[g];
+        const scalar_t x0 = scalar_t(grid.origin[0]) - m[0], h = scalar_t(grid.spacing[0]);
         std::array<int64_t, 3> lo, hi;
         for (int i = 0; i < 3; ++i) {
           lo[i] = std::max(b.lo[i], start[i]);
@@ -174,11 +193,11 @@ void forward(const scalar_t* means, const scalar_t* precisions, const scalar_t* 
           const scalar_t dz = scalar_t(grid.origin[2]) + scalar_t(z) * scalar_t(grid.spacing[2]) - m[2];
           for (int64_t y = lo[1]; y <= hi[1]; ++y) {
             const scalar_t dy = scalar_t(grid.origin[1]) + scalar_t(y) * scalar_t(grid.spacing[1]) - m[1];
-            const Row<scalar_t> row = row_inside(m, p, dy, dz, limit, grid, lo[0], hi[0]);
+            const Row<scalar_t> row = row_walk(m, p, dy, dz, limit, grid, lo[0], hi[0]);
             scalar_t* out = volume + (z * grid.size[1] + y) * grid.size[0];
             double weight = rho * row.weight, ratio = row.ratio;
             for (int64_t x = row.first; x <= row.last; ++x) {
-              out[x] += scalar_t(weight);
+              if (!row.test || power_at(p, x0 + scalar_t(x) * h, dy, dz) <= limit) out[x] += scalar_t(weight);
               weight *= ratio;
               ratio *= factor;
             }
@@ -201,20 +220,23 @@ void backward_gaussian(const scalar_t* m, const scalar_t* p, scalar_t rho, const
   std::array<double, 6> g_p{0, 0, 0, 0, 0, 0};
   double g_rho = 0;
   const double h = grid.spacing[0], factor = row_factor(p, grid);
+  const scalar_t x0 = scalar_t(grid.origin[0]) - m[0];
   for (int64_t z = b.lo[2]; z <= b.hi[2]; ++z) {
     const scalar_t dz = scalar_t(grid.origin[2]) + scalar_t(z) * scalar_t(grid.spacing[2]) - m[2];
     for (int64_t y = b.lo[1]; y <= b.hi[1]; ++y) {
       const scalar_t dy = scalar_t(grid.origin[1]) + scalar_t(y) * scalar_t(grid.spacing[1]) - m[1];
-      const Row<scalar_t> row = row_inside(m, p, dy, dz, limit, grid, b.lo[0], b.hi[0]);
+      const Row<scalar_t> row = row_walk(m, p, dy, dz, limit, grid, b.lo[0], b.hi[0]);
       if (row.first > row.last) continue;
       const scalar_t* in = grad_volume + (z * grid.size[1] + y) * grid.size[0];
       // The row's moments sum_x g w dx^k (k = 0, 1, 2), with dx counted from `first`.
       double s0 = 0, s1 = 0, s2 = 0, weight = row.weight, ratio = row.ratio;
       for (int64_t x = row.first; x <= row.last; ++x) {
-        const double gw = double(in[x]) * weight, t = double(x - row.first);
-        s0 += gw;
-        s1 += gw * t;
-        s2 += gw * t * t;
+        if (!row.test || power_at(p, x0 + scalar_t(x) * scalar_t(h), dy, dz) <= limit) {
+          const double gw = double(in[x]) * weight, t = double(x - row.first);
+          s0 += gw;
+          s1 += gw * t;
+          s2 += gw * t * t;
+        }
         weight *= ratio;
         ratio *= factor;
       }
@@ -240,11 +262,35 @@ void backward_gaussian(const scalar_t* m, const scalar_t* p, scalar_t rho, const
   *grad_rho = scalar_t(g_rho);
 }
 
+// Gaussian indices ordered by the (z, y) row of voxels that holds their mean (a counting sort;
+// means off the grid count as its nearest row). Visited in this order, consecutive Gaussians
+// read overlapping rows of the gradient volume from cache; in the model's order (random
+// positions) each reads its own rows from memory.
+template <typename scalar_t>
+std::vector<int64_t> row_order(const scalar_t* means, int64_t n, const Grid& grid) {
+  const int64_t rows = grid.size[1] * grid.size[2];
+  std::vector<int64_t> key(n), start(rows + 1, 0), order(n);
+  for (int64_t g = 0; g < n; ++g) {
+    int64_t index[2];
+    for (int i = 1; i < 3; ++i) {
+      const double v = (double(means[3 * g + i]) - grid.origin[i]) / grid.spacing[i] + 0.5;
+      index[i - 1] = std::isfinite(v) ? int64_t(std::min(std::max(v, 0.0), double(grid.size[i] - 1))) : 0;
+    }
+    key[g] = index[1] * grid.size[1] + index[0];
+    ++start[key[g] + 1];
+  }
+  for (int64_t k = 0; k < rows; ++k) start[k + 1] += start[k];
+  for (int64_t g = 0; g < n; ++g) order[start[key[g]]++] = g;
+  return order;
+}
+
 template <typename scalar_t>
 void backward_all(const scalar_t* m, const scalar_t* p, const scalar_t* r, const scalar_t* gv, int64_t n,
                   const Grid& grid, double cutoff, scalar_t* gm, scalar_t* gp, scalar_t* gr) {
+  const std::vector<int64_t> order = row_order(m, n, grid);
 #pragma omp parallel for schedule(dynamic, 64) num_threads(at::get_num_threads())
-  for (int64_t g = 0; g < n; ++g) {
+  for (int64_t k = 0; k < n; ++k) {
+    const int64_t g = order[k];
     backward_gaussian(m + 3 * g, p + 6 * g, r[g], gv, grid, cutoff, gm + 3 * g, gp + 6 * g, gr + g);
   }
 }
