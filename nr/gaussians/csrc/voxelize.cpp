@@ -85,9 +85,21 @@ double row_factor(const scalar_t* p, const Grid& grid) {
 // ratio of the recurrence within double range, so the walk can start at `lo`.
 constexpr double kWalkPowerLimit = 1000.0;
 
+// Whether the rows of a Gaussian are walked whole, testing each voxel of its box: when its
+// longest inside interval along x is at least 1 / sqrt(2) of its box's width (P_xx Sigma_xx
+// <= 2; 1 for a round Gaussian), little of the walk is wasted and no interval is searched.
+// Elongated, tilted Gaussians fill little of their box rows: they search the interval.
 template <typename scalar_t>
-Row<scalar_t> row_walk(const scalar_t* m, const scalar_t* p, scalar_t dy, scalar_t dz, scalar_t limit,
-                       const Grid& grid, int64_t lo, int64_t hi) {
+bool walk_whole_rows(const scalar_t* p) {
+  const double xx = p[0], xy = p[1], xz = p[2], yy = p[3], yz = p[4], zz = p[5];
+  const double cof_x = yy * zz - yz * yz;
+  const double det = xx * cof_x - xy * (xy * zz - yz * xz) + xz * (xy * yz - yy * xz);
+  return xx * cof_x <= 2.0 * det;
+}
+
+template <typename scalar_t>
+Row<scalar_t> row_walk(const scalar_t* m, const scalar_t* p, bool whole, scalar_t dy, scalar_t dz,
+                       scalar_t limit, const Grid& grid, int64_t lo, int64_t hi) {
   Row<scalar_t> row;
   const scalar_t x0 = scalar_t(grid.origin[0]) - m[0], h = scalar_t(grid.spacing[0]);
   auto inside = [&](int64_t x) { return power_at(p, x0 + scalar_t(x) * h, dy, dz) <= limit; };
@@ -99,9 +111,7 @@ Row<scalar_t> row_walk(const scalar_t* m, const scalar_t* p, scalar_t dy, scalar
   if (!(disc >= -1e-4 * (a * (double(limit) + std::abs(c)) + b * b))) return row;
   const scalar_t dx_lo = x0 + scalar_t(lo) * h;
   const double power_lo = power_at(p, dx_lo, dy, dz), power_hi = power_at(p, x0 + scalar_t(hi) * h, dy, dz);
-  if (power_lo <= kWalkPowerLimit && power_hi <= kWalkPowerLimit) {
-    // Short rows (small Gaussians): walking the whole row and testing each voxel costs less
-    // than finding the interval's ends exactly.
+  if (whole && power_lo <= kWalkPowerLimit && power_hi <= kWalkPowerLimit) {
     row.first = lo;
     row.last = hi;
     row.test = true;
@@ -183,6 +193,7 @@ void forward(const scalar_t* means, const scalar_t* precisions, const scalar_t* 
         const scalar_t* m = means + 3 * g;
         const scalar_t* p = precisions + 6 * g;
         const double rho = rhos[g], factor = factors[g];
+        const bool whole = walk_whole_rows(p);
         const scalar_t x0 = scalar_t(grid.origin[0]) - m[0], h = scalar_t(grid.spacing[0]);
         std::array<int64_t, 3> lo, hi;
         for (int i = 0; i < 3; ++i) {
@@ -193,7 +204,7 @@ void forward(const scalar_t* means, const scalar_t* precisions, const scalar_t* 
           const scalar_t dz = scalar_t(grid.origin[2]) + scalar_t(z) * scalar_t(grid.spacing[2]) - m[2];
           for (int64_t y = lo[1]; y <= hi[1]; ++y) {
             const scalar_t dy = scalar_t(grid.origin[1]) + scalar_t(y) * scalar_t(grid.spacing[1]) - m[1];
-            const Row<scalar_t> row = row_walk(m, p, dy, dz, limit, grid, lo[0], hi[0]);
+            const Row<scalar_t> row = row_walk(m, p, whole, dy, dz, limit, grid, lo[0], hi[0]);
             scalar_t* out = volume + (z * grid.size[1] + y) * grid.size[0];
             double weight = rho * row.weight, ratio = row.ratio;
             for (int64_t x = row.first; x <= row.last; ++x) {
@@ -221,11 +232,12 @@ void backward_gaussian(const scalar_t* m, const scalar_t* p, scalar_t rho, const
   double g_rho = 0;
   const double h = grid.spacing[0], factor = row_factor(p, grid);
   const scalar_t x0 = scalar_t(grid.origin[0]) - m[0];
+  const bool whole = walk_whole_rows(p);
   for (int64_t z = b.lo[2]; z <= b.hi[2]; ++z) {
     const scalar_t dz = scalar_t(grid.origin[2]) + scalar_t(z) * scalar_t(grid.spacing[2]) - m[2];
     for (int64_t y = b.lo[1]; y <= b.hi[1]; ++y) {
       const scalar_t dy = scalar_t(grid.origin[1]) + scalar_t(y) * scalar_t(grid.spacing[1]) - m[1];
-      const Row<scalar_t> row = row_walk(m, p, dy, dz, limit, grid, b.lo[0], b.hi[0]);
+      const Row<scalar_t> row = row_walk(m, p, whole, dy, dz, limit, grid, b.lo[0], b.hi[0]);
       if (row.first > row.last) continue;
       const scalar_t* in = grad_volume + (z * grid.size[1] + y) * grid.size[0];
       // The row's moments sum_x g w dx^k (k = 0, 1, 2), with dx counted from `first`.
