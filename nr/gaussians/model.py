@@ -180,16 +180,24 @@ class GaussianModel(nn.Module):
 
     @property
     def densities(self) -> torch.Tensor:
-        return self.config.density_unit * F.softplus(self.raw_densities)
+        return self._density(self.raw_densities)
 
     @property
     def scales(self) -> torch.Tensor:
-        s_lo, s_hi = self.scale_bounds
-        return s_lo + (s_hi - s_lo) * torch.sigmoid(self.raw_scales)
+        return self._scale(self.raw_scales)
 
     @property
     def quaternions(self) -> torch.Tensor:
         return F.normalize(self.raw_quaternions, dim=-1)
+
+    def _density(self, raw: torch.Tensor) -> torch.Tensor:
+        """Densities of raw density parameters (any subset of `raw_densities`)."""
+        return self.config.density_unit * F.softplus(raw)
+
+    def _scale(self, raw: torch.Tensor) -> torch.Tensor:
+        """Scales of raw scale parameters (any subset of `raw_scales`)."""
+        s_lo, s_hi = self.scale_bounds
+        return s_lo + (s_hi - s_lo) * torch.sigmoid(raw)
 
     def density_to_raw(self, densities: torch.Tensor) -> torch.Tensor:
         return inverse_softplus(densities / self.config.density_unit)
@@ -305,9 +313,7 @@ class GaussianModel(nn.Module):
         # Only Gaussians whose bounding sphere reaches the box enter the kernels; the
         # activations run on those alone (a crop holds a small share of them). The sigmoid
         # is monotonic: the largest raw scale gives the largest scale.
-        s_lo, s_hi = self.scale_bounds
-        largest = s_lo + (s_hi - s_lo) * torch.sigmoid(self.raw_scales.detach().amax(-1, True))
-        reach = self.volume_cutoff * largest
+        reach = self.volume_cutoff * self._scale(self.raw_scales.detach().amax(-1, True))
         low = torch.as_tensor(origin, dtype=reach.dtype, device=reach.device)
         high = low + torch.as_tensor(
             spacing * (np.array(size[::-1]) - 1), dtype=reach.dtype, device=reach.device
@@ -315,12 +321,11 @@ class GaussianModel(nn.Module):
         centres = means.detach()
         near = ((centres + reach >= low) & (centres - reach <= high)).all(-1)
         index = near.nonzero().squeeze(1)
-        scales = s_lo + (s_hi - s_lo) * torch.sigmoid(self.raw_scales[index])
         quaternions = F.normalize(self.raw_quaternions[index], dim=-1)
         return voxelize(
             means[index],
-            precisions(scales, quaternions),
-            self.config.density_unit * F.softplus(self.raw_densities[index]),
+            precisions(self._scale(self.raw_scales[index]), quaternions),
+            self._density(self.raw_densities[index]),
             origin.tolist(),
             spacing.tolist(),
             size,

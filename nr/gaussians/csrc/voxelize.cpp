@@ -32,13 +32,21 @@ struct Grid {
 };
 
 // Precision entries are stored as [xx, xy, xz, yy, yz, zz].
+// det P and its cofactor of P_xx (so Sigma_xx = cof_x / det).
+template <typename scalar_t>
+std::array<double, 2> det_and_cof_x(const scalar_t* p) {
+  const double xx = p[0], xy = p[1], xz = p[2], yy = p[3], yz = p[4], zz = p[5];
+  const double cof_x = yy * zz - yz * yz;
+  return {xx * cof_x - xy * (xy * zz - yz * xz) + xz * (xy * yz - yy * xz), cof_x};
+}
+
 template <typename scalar_t>
 Box footprint(const scalar_t* mean, const scalar_t* p, scalar_t rho, double cutoff, const Grid& grid) {
   Box box{{1, 1, 1}, {0, 0, 0}};
   if (rho == scalar_t(0)) return box;
-  const double xx = p[0], xy = p[1], xz = p[2], yy = p[3], yz = p[4], zz = p[5];
-  const double cof_x = yy * zz - yz * yz, cof_y = xx * zz - xz * xz, cof_z = xx * yy - xy * xy;
-  const double det = xx * cof_x - xy * (xy * zz - yz * xz) + xz * (xy * yz - yy * xz);
+  const double xx = p[0], xy = p[1], xz = p[2], yy = p[3], zz = p[5];
+  const auto [det, cof_x] = det_and_cof_x(p);
+  const double cof_y = xx * zz - xz * xz, cof_z = xx * yy - xy * xy;
   if (!(det > 0.0)) return box;
   // Half extent of the ellipsoid d^T P d <= cutoff^2 along axis i: cutoff * sqrt(Sigma_ii).
   const std::array<double, 3> extent{cutoff * std::sqrt(cof_x / det), cutoff * std::sqrt(cof_y / det),
@@ -91,10 +99,8 @@ constexpr double kWalkPowerLimit = 1000.0;
 // Elongated, tilted Gaussians fill little of their box rows: they search the interval.
 template <typename scalar_t>
 bool walk_whole_rows(const scalar_t* p) {
-  const double xx = p[0], xy = p[1], xz = p[2], yy = p[3], yz = p[4], zz = p[5];
-  const double cof_x = yy * zz - yz * yz;
-  const double det = xx * cof_x - xy * (xy * zz - yz * xz) + xz * (xy * yz - yy * xz);
-  return xx * cof_x <= 2.0 * det;
+  const auto [det, cof_x] = det_and_cof_x(p);
+  return double(p[0]) * cof_x <= 2.0 * det;
 }
 
 template <typename scalar_t>
@@ -158,9 +164,11 @@ void forward(const scalar_t* means, const scalar_t* precisions, const scalar_t* 
   std::vector<Box> boxes(n);
   std::vector<int64_t> pairs(n);
   std::vector<double> factors(n);
+  std::vector<char> whole(n);  // walk_whole_rows, once per Gaussian (it meets several blocks)
   for (int64_t g = 0; g < n; ++g) {
     boxes[g] = footprint(means + 3 * g, precisions + 6 * g, rhos[g], cutoff, grid);
     factors[g] = row_factor(precisions + 6 * g, grid);
+    whole[g] = walk_whole_rows(precisions + 6 * g);
     const Box& b = boxes[g];
     pairs[g] = 1;
     for (int i = 0; i < 3; ++i) pairs[g] *= b.empty() ? 0 : b.hi[i] / side[i] - b.lo[i] / side[i] + 1;
@@ -193,7 +201,6 @@ void forward(const scalar_t* means, const scalar_t* precisions, const scalar_t* 
         const scalar_t* m = means + 3 * g;
         const scalar_t* p = precisions + 6 * g;
         const double rho = rhos[g], factor = factors[g];
-        const bool whole = walk_whole_rows(p);
         const scalar_t x0 = scalar_t(grid.origin[0]) - m[0], h = scalar_t(grid.spacing[0]);
         std::array<int64_t, 3> lo, hi;
         for (int i = 0; i < 3; ++i) {
@@ -204,7 +211,7 @@ void forward(const scalar_t* means, const scalar_t* precisions, const scalar_t* 
           const scalar_t dz = scalar_t(grid.origin[2]) + scalar_t(z) * scalar_t(grid.spacing[2]) - m[2];
           for (int64_t y = lo[1]; y <= hi[1]; ++y) {
             const scalar_t dy = scalar_t(grid.origin[1]) + scalar_t(y) * scalar_t(grid.spacing[1]) - m[1];
-            const Row<scalar_t> row = row_walk(m, p, whole, dy, dz, limit, grid, lo[0], hi[0]);
+            const Row<scalar_t> row = row_walk(m, p, bool(whole[g]), dy, dz, limit, grid, lo[0], hi[0]);
             scalar_t* out = volume + (z * grid.size[1] + y) * grid.size[0];
             double weight = rho * row.weight, ratio = row.ratio;
             for (int64_t x = row.first; x <= row.last; ++x) {
