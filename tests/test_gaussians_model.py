@@ -9,7 +9,13 @@ import pytest
 import torch
 
 from nr.gaussians.density import DensityControl
-from nr.gaussians.init import InitConfig, initial_points, nearest_neighbour_scales
+from nr.gaussians.init import (
+    InitConfig,
+    initial_points,
+    nearest_neighbour_scales,
+    sample_voxels,
+    voxel_detail,
+)
 from nr.gaussians.model import GaussianConfig, GaussianModel
 from nr.geometry import ConeBeamGeometry
 from nr.ops.projector import project as project_volume
@@ -135,6 +141,40 @@ def test_initial_points_follow_r2_gaussian():
         initial_points(geo, config, volume * 0, unit=1.0)
     with pytest.raises(ValueError, match="volume"):
         initial_points(geo, config)
+
+
+def test_weighted_voxel_sampling_follows_the_weights():
+    rng = np.random.default_rng(0)
+    candidates = np.array([10, 20, 30, 40])
+    weights = np.array([1.0, 2.0, 7.0, 0.0])
+    draws = [int(sample_voxels(candidates, 1, weights, rng)[0]) for _ in range(20_000)]
+    frequencies = [draws.count(c) / len(draws) for c in candidates]
+    np.testing.assert_allclose(frequencies, [0.1, 0.2, 0.7, 0.0], atol=0.015)
+    pairs = sample_voxels(candidates, 3, weights, rng)
+    assert sorted(pairs.tolist()) == [10, 20, 30]  # weight 0 comes last
+    np.testing.assert_array_equal(sample_voxels(candidates, 9, weights, rng), candidates)
+
+
+def test_detail_sampling_puts_more_gaussians_on_edges():
+    geo = tiny_geometry()
+    volume = blob_volume()
+    detail = voxel_detail(volume.double().numpy())
+
+    def chosen_detail(floor):
+        config = InitConfig(n_points=50, threshold=0.3, detail_floor=floor)
+        means, densities, _ = initial_points(geo, config, volume, unit=1.0)
+        index = np.round((means.numpy() - geo.voxel_origin_xyz()) / geo.voxel_size_xyz())
+        z, y, x = index.astype(int)[:, ::-1].T
+        assert len(np.unique(np.stack([z, y, x]), axis=1).T) == 50
+        assert (volume.numpy()[z, y, x] > 0.3).all()
+        np.testing.assert_allclose(densities.numpy(), 0.15 * volume.numpy()[z, y, x], rtol=1e-6)
+        return detail[z, y, x].mean()
+
+    uniform, weighted = chosen_detail(None), chosen_detail(0.1)
+    assert weighted > 1.15 * uniform  # 224 candidates, 50 chosen
+    assert chosen_detail(0.1) == weighted  # seeded
+    with pytest.raises(ValueError, match="detail_floor"):
+        InitConfig(detail_floor=-1.0)
 
 
 def test_density_control_edits_the_optimizer_state_consistently():
@@ -342,9 +382,10 @@ def test_default_recipe_is_sized_to_the_grid():
     large = GaussianReconConfig.default(shape=(128, 128, 128))
     assert large.init.n_points == 128**3 // 20
     assert large.model.density_control.max_gaussians == 2 * large.init.n_points
-    assert (large.train.iterations, large.train.views_per_iteration) == (250, 8)
-    assert large.warm_start.steps == 2 * base.warm_start.steps
-    assert large.model.density_control.until == 125
+    assert (large.train.iterations, large.train.views_per_iteration) == (125, 16)
+    assert large.warm_start == base.warm_start
+    assert (base.init.detail_floor, large.init.detail_floor) == (None, 0.1)
+    assert large.model.density_control.until == 62
     # An explicit iteration count wins; the densification schedule follows it.
     assert GaussianReconConfig.default(100, (128, 128, 128)).model.density_control.until == 50
     for bad in [(128, 128), (0, 64, 64)]:
