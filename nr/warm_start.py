@@ -14,8 +14,10 @@ the measured projections alone (docs/training.md, "Warm start").
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -26,6 +28,7 @@ from nr.representation import Representation
 from nr.train import adam
 
 METHODS = ("none", "sart", "asd_pocs")
+CROP_SAMPLING = ("uniform", "attenuation")
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,10 @@ class WarmStartConfig:
             (the recipe's own start: FDK-mean constant field / FDK-seeded Gaussians).
         steps: Adam steps of the volume fit (0: only seed the Gaussians from the volume).
         crop: side of the random cubic crop fitted per step (clipped to the grid).
+        crop_sampling: "uniform" (every crop position equally likely) or "attenuation"
+            (each crop centred on a voxel drawn with probability proportional to the
+            reference's attenuation, so that crops land on the object rather than the air
+            around it; docs/gaussians.md).
         lr_factor: the learning rates start at this multiple of the representation's own
             (a volume fit tolerates larger steps than the projection loop).
         final_lr_factor: the learning rates decay exponentially from their start to this
@@ -48,6 +55,7 @@ class WarmStartConfig:
     method: str = "asd_pocs"
     steps: int = 200
     crop: int = 64
+    crop_sampling: str = "uniform"
     lr_factor: float = 1.0
     final_lr_factor: float = 0.1
     seed: int = 0
@@ -55,6 +63,10 @@ class WarmStartConfig:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"method: expected one of {METHODS}, got {self.method!r}")
+        if self.crop_sampling not in CROP_SAMPLING:
+            raise ValueError(
+                f"crop_sampling: expected one of {CROP_SAMPLING}, got {self.crop_sampling!r}"
+            )
         for name, minimum in (("steps", 0), ("crop", 2), ("seed", 0)):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
@@ -126,15 +138,11 @@ def fit_to_volume(
     groups = representation.param_groups()
     factor = config.lr_factor
     optimizer = adam([dict(g, lr=g["lr"] * factor, lr_start=g["lr"] * factor) for g in groups])
-    generator = torch.Generator().manual_seed(config.seed)
     size = [min(config.crop, int(n)) for n in geo.n_voxel]
+    starts = crop_starts(target, size, config)
     losses = []
     representation.train()
-    for step in tqdm(range(config.steps), disable=not progress, desc="warm start"):
-        start = [
-            int(torch.randint(0, int(n) - s + 1, (1,), generator=generator))
-            for n, s in zip(geo.n_voxel, size, strict=True)
-        ]
+    for step, start in enumerate(tqdm(starts, disable=not progress, desc="warm start")):
         box = tuple(slice(s, s + n) for s, n in zip(start, size, strict=True))
         crop = representation.query_box(geo, start, size) / scale
         loss = (crop - target[box]).pow(2).mean()
@@ -146,3 +154,35 @@ def fit_to_volume(
             group["lr"] = group["lr_start"] * decay
         losses.append(loss.item())
     return losses
+
+
+def crop_starts(
+    target: torch.Tensor, size: Sequence[int], config: WarmStartConfig
+) -> list[list[int]]:
+    """The (z, y, x) first voxel of each step's crop of `size` inside `target` (Z, Y, X, >= 0).
+
+    "uniform": each start uniform over the positions that fit. "attenuation": each crop
+    centred (then shifted inside the grid) on a voxel drawn with probability proportional
+    to `target`.
+    """
+    shape = [int(n) for n in target.shape]
+    if config.crop_sampling == "uniform":
+        generator = torch.Generator().manual_seed(config.seed)
+        return [
+            [
+                int(torch.randint(0, n - s + 1, (1,), generator=generator))
+                for n, s in zip(shape, size, strict=True)
+            ]
+            for _ in range(config.steps)
+        ]
+    weights = target.detach().double().cpu().flatten().numpy()
+    if not weights.sum() > 0:
+        raise ValueError("reference: attenuation crop sampling needs a positive attenuation")
+    rng = np.random.default_rng(config.seed)
+    centres = np.unravel_index(
+        rng.choice(weights.size, config.steps, p=weights / weights.sum()), shape
+    )
+    return [
+        [min(max(int(c) - s // 2, 0), n - s) for c, s, n in zip(centre, size, shape, strict=True)]
+        for centre in zip(*centres, strict=True)
+    ]

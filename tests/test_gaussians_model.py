@@ -2,6 +2,7 @@
 
 import ast
 import copy
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -383,7 +384,8 @@ def test_default_recipe_is_sized_to_the_grid():
     assert large.init.n_points == 128**3 // 20
     assert large.model.density_control.max_gaussians == 2 * large.init.n_points
     assert (large.train.iterations, large.train.views_per_iteration) == (125, 16)
-    assert large.warm_start == base.warm_start
+    assert large.warm_start == dataclasses.replace(base.warm_start, crop_sampling="attenuation")
+    assert base.warm_start.crop_sampling == "uniform"
     assert (base.init.detail_floor, large.init.detail_floor) == (None, 0.1)
     assert large.model.density_control.until == 62
     # An explicit iteration count wins; the densification schedule follows it.

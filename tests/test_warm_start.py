@@ -8,7 +8,7 @@ from nr.gaussians import GaussianConfig, GaussianModel, InitConfig, initial_poin
 from nr.metrics import psnr3d
 from nr.recon import HashGridReconConfig, reconstruct_hashgrid
 from nr.train import CHECKPOINT, TrainConfig
-from nr.warm_start import WarmStartConfig, classical_start, fit_to_volume
+from nr.warm_start import WarmStartConfig, classical_start, crop_starts, fit_to_volume
 from tests.test_train import TINY, _one_thread, _scan  # noqa: F401 (_one_thread: autouse)
 
 
@@ -18,6 +18,7 @@ from tests.test_train import TINY, _one_thread, _scan  # noqa: F401 (_one_thread
         (dict(method="fdk"), "method"),
         (dict(steps=-1), "steps"),
         (dict(crop=1), "crop"),
+        (dict(crop_sampling="random"), "crop_sampling"),
         (dict(final_lr_factor=0.0), "final_lr_factor"),
         (dict(lr_factor=0.0), "lr_factor"),
         (dict(lr_factor=float("inf")), "lr_factor"),
@@ -57,6 +58,36 @@ def test_fit_brings_a_field_and_gaussians_to_the_volume():
         assert len(losses) == 60 and sum(losses[-5:]) < 0.8 * sum(losses[:5])
         assert after > before + 3, (type(model).__name__, before, after)
     assert gaussians.count == 300  # no density control during the fit
+
+
+def test_attenuation_crops_land_on_the_object():
+    target = torch.zeros(20, 24, 28)
+    target[2:6, 15:21, 3:9] = 1.0  # the object: a small block near a corner
+    target[10, 12, 14] = 0.5  # and one fainter voxel
+    size = [8, 8, 8]
+    config = WarmStartConfig(steps=400, crop_sampling="attenuation", seed=3)
+    starts = crop_starts(target, size, config)
+    assert len(starts) == 400 and starts == crop_starts(target, size, config)
+    covered = [
+        float(target[tuple(slice(a, a + n) for a, n in zip(s, size, strict=True))].sum())
+        for s in starts
+    ]
+    assert all(c > 0 for c in covered)  # every crop holds a voxel of the object
+    for start in starts:
+        assert all(0 <= a <= n - k for a, n, k in zip(start, target.shape, size, strict=True))
+    # Uniform starts are the historical draws (one torch.randint per axis and step), and
+    # most of them miss the block.
+    uniform = crop_starts(target, size, WarmStartConfig(steps=400, seed=3))
+    generator = torch.Generator().manual_seed(3)
+    expected = [
+        [int(torch.randint(0, n - 8 + 1, (1,), generator=generator)) for n in (20, 24, 28)]
+        for _ in range(400)
+    ]
+    assert uniform == expected
+    missed = [float(target[tuple(slice(a, a + 8) for a in s)].sum()) == 0 for s in uniform]
+    assert sum(missed) > 100
+    with pytest.raises(ValueError, match="positive attenuation"):
+        crop_starts(torch.zeros(20, 24, 28), size, config)
 
 
 def test_fit_rejects_bad_inputs():
