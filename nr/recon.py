@@ -191,9 +191,9 @@ class GaussianReconConfig:
         dB at 128^3), and the same 2,000 rendered views in k^2 x 4 views per iteration for
         500 / k^2 iterations: one voxelization serves all views of an iteration, and it
         costs more on a larger grid. At 128^3: 104,857 Gaussians, 3,200 steps, 125
-        iterations of 16 views. The
-        density-control schedule keeps R2-Gaussian's proportions of the run (start after
-        1/60, stop at 1/2) with a densification every 25 iterations.
+        iterations of 16 views. The density-control schedule keeps R2-Gaussian's
+        proportions of the run (start after 1/60, stop at 1/2) with a densification every
+        25 iterations.
 
         Args:
             iterations: overrides the iteration count; the densification schedule scales

@@ -176,12 +176,11 @@ def crop_starts(
             for _ in range(config.steps)
         ]
     weights = target.detach().double().cpu().flatten().numpy()
-    if not weights.sum() > 0:
+    total = weights.sum()
+    if not total > 0:
         raise ValueError("reference: attenuation crop sampling needs a positive attenuation")
     rng = np.random.default_rng(config.seed)
-    centres = np.unravel_index(
-        rng.choice(weights.size, config.steps, p=weights / weights.sum()), shape
-    )
+    centres = np.unravel_index(rng.choice(weights.size, config.steps, p=weights / total), shape)
     return [
         [min(max(int(c) - s // 2, 0), n - s) for c, s, n in zip(centre, size, shape, strict=True)]
         for centre in zip(*centres, strict=True)
