@@ -2,7 +2,7 @@
 
     volume, history = reconstruct_hashgrid(projections, geo, HashGridReconConfig())
     volume, history = reconstruct_gaussians(
-        projections, geo, GaussianReconConfig.default(shape=geo.volume_shape)
+        projections, geo, GaussianReconConfig.default(shape=geo.volume_shape, views=geo.n_views)
     )
 
 Both start with an FDK reconstruction of the projections: its 99.9th percentile is the
@@ -55,6 +55,8 @@ DEFAULT_WARM_START = WarmStartConfig(steps=1600, crop=32)
 DEFAULT_GAUSSIAN_WARM_START = WarmStartConfig(steps=3200, crop=32, lr_factor=3.0)
 # The grid the Gaussians' base recipe is sized for (`GaussianReconConfig.default`).
 SMALL_GRID = 64**3
+# The Gaussians' learning rates (`GaussianConfig` fields, each with a "_final" twin).
+LEARNING_RATES = ("lr_position", "lr_density", "lr_scale", "lr_rotation")
 
 
 @dataclass(frozen=True)
@@ -112,11 +114,13 @@ def reconstruct_hashgrid(
 
     Returns:
         The (Z, Y, X) float32 CPU volume (attenuation per mm) and the history,
-        with the resolved configuration under "config".
+        with the resolved configuration under "config", the warm start under "warm_start"
+        and the seconds before the loop (FDK, warm start, set-up) under "setup_seconds".
     """
     if not isinstance(config, HashGridReconConfig):
         raise TypeError(f"config: expected a HashGridReconConfig, got {type(config).__name__}")
     check_projections(projections, geo)
+    called = time.perf_counter()
     if config.auto_scale:
         reference = fdk(projections.float().cpu(), geo)
         scale = _fdk_scale(reference)
@@ -141,9 +145,11 @@ def reconstruct_hashgrid(
     field = HashGridField(geo, config.field).to(projections.device)
     warm |= _warm_up(field, geo, start, config.train, config.warm_start, volume_gt, out_dir)
     trainer = Trainer(field, projections, geo, config.train, volume_gt, hooks, out_dir)
+    setup = time.perf_counter() - called
     history = trainer.run()
     history["config"] = dataclasses.asdict(config)
     history["warm_start"] = warm
+    history["setup_seconds"] = setup
     return trainer.volume(), history
 
 
@@ -174,7 +180,10 @@ class GaussianReconConfig:
 
     @classmethod
     def default(
-        cls, iterations: int | None = None, shape: Sequence[int] | None = None
+        cls,
+        iterations: int | None = None,
+        shape: Sequence[int] | None = None,
+        views: int | None = None,
     ) -> GaussianReconConfig:
         """The CPU default: R2-Gaussian's recipe on a shorter schedule, sized to the grid.
 
@@ -191,19 +200,30 @@ class GaussianReconConfig:
         dB at 128^3), and the same 2,000 rendered views in k^2 x 4 views per iteration for
         500 / k^2 iterations: one voxelization serves all views of an iteration, and it
         costs more on a larger grid. At 128^3: 104,857 Gaussians, 3,200 steps, 125
-        iterations of 16 views. The density-control schedule keeps R2-Gaussian's
-        proportions of the run (start after 1/60, stop at 1/2) with a densification every
-        25 iterations.
+        iterations of 16 views. That loop differs from R2-Gaussian's in two more ways
+        (docs/gaussians.md, "The loop's TV and rates"): its 3D TV covers the whole grid,
+        where R2-Gaussian's covers one 32^3 crop per iteration (1/64 of a 128^3 grid: over
+        125 iterations each voxel would meet it about twice), cut from the volume the render
+        voxelized (`GaussianModel.query_box`: no extra voxelization), with a weight falling
+        with the views, 1.25 / `views` (R2-Gaussian's 0.05 at 25 views and below, or when
+        `views` is None); and its learning rates are twice R2-Gaussian's starting rates,
+        held constant (R2-Gaussian's tenfold decay is made for 30,000 iterations; the
+        warm-start fit keeps 3x R2-Gaussian's rates). The density-control schedule keeps
+        R2-Gaussian's proportions of the run (start after 1/60, stop at 1/2) with a
+        densification every 25 iterations.
 
         Args:
             iterations: overrides the iteration count; the densification schedule scales
                 with it.
             shape: (Z, Y, X) voxels of the scan the recipe is for.
+            views: the scan's number of views (sets the TV weight above 64^3 voxels).
         """
         if iterations is not None and (not isinstance(iterations, int) or iterations < 1):
             raise ValueError(f"iterations: expected a positive int, got {iterations!r}")
         if shape is not None and (len(shape) != 3 or any(int(n) < 1 for n in shape)):
             raise ValueError(f"shape: expected 3 positive voxel counts, got {tuple(shape)}")
+        if views is not None and (not isinstance(views, int) or views < 1):
+            raise ValueError(f"views: expected a positive int, got {views!r}")
         voxels = SMALL_GRID if shape is None else math.prod(int(n) for n in shape)
         k = max(1.0, (voxels / SMALL_GRID) ** (1 / 3))
         n_points = max(20_000, voxels // 20)  # 20,000 up to 64^3 voxels
@@ -214,15 +234,27 @@ class GaussianReconConfig:
             every=25,
             max_gaussians=max(50_000, 2 * n_points),
         )
+        model = GaussianConfig(density_control=control, rendering="voxel")
+        warm_start = DEFAULT_GAUSSIAN_WARM_START
+        if k > 1:
+            rates = {n: 2 * getattr(model, n) for n in LEARNING_RATES}
+            model = dataclasses.replace(
+                model, **rates, **{f"{n}_final": rate for n, rate in rates.items()}
+            )
+            warm_start = dataclasses.replace(
+                warm_start, crop_sampling="attenuation", lr_factor=warm_start.lr_factor / 2
+            )
         return cls(
             init=InitConfig(n_points=n_points, detail_floor=0.1 if k > 1 else None),
-            model=GaussianConfig(density_control=control, rendering="voxel"),
+            model=model,
             train=TrainConfig(
-                iterations=iterations, views_per_iteration=round(4 * k**2), eval_every=0
+                iterations=iterations,
+                views_per_iteration=round(4 * k**2),
+                lambda_tv=0.05 if views is None or k == 1 else min(0.05, 1.25 / views),
+                tv_crop=max(int(n) for n in shape) if k > 1 else 32,
+                eval_every=0,
             ),
-            warm_start=dataclasses.replace(
-                DEFAULT_GAUSSIAN_WARM_START, crop_sampling="attenuation" if k > 1 else "uniform"
-            ),
+            warm_start=warm_start,
         )
 
 
@@ -237,15 +269,17 @@ def reconstruct_gaussians(
     """Fit Gaussians to the projections of `geo`; arguments as `reconstruct_hashgrid`.
 
     `config` (initialisation, model, loop and scaling) defaults to
-    `GaussianReconConfig.default(shape=geo.volume_shape)`. Returns the (Z, Y, X) float32 CPU
-    volume (attenuation per mm) and the history, with the resolved configuration under
-    "config" and the final number of Gaussians under "gaussians".
+    `GaussianReconConfig.default(shape=geo.volume_shape, views=geo.n_views)`. Returns the
+    (Z, Y, X) float32 CPU volume (attenuation per mm) and the history, with the resolved
+    configuration under "config", the final number of Gaussians under "gaussians" and the
+    other entries of `reconstruct_hashgrid`'s.
     """
     if config is None:
-        config = GaussianReconConfig.default(shape=geo.volume_shape)
+        config = GaussianReconConfig.default(shape=geo.volume_shape, views=geo.n_views)
     if not isinstance(config, GaussianReconConfig):
         raise TypeError(f"config: expected a GaussianReconConfig, got {type(config).__name__}")
     check_projections(projections, geo)
+    called = time.perf_counter()
     reference = fdk(projections.float().cpu(), geo)
     unit = 1.0
     if config.auto_scale:
@@ -263,9 +297,11 @@ def reconstruct_gaussians(
     model = GaussianModel(geo, means, densities, scales, config.model).to(projections.device)
     warm |= _warm_up(model, geo, start, config.train, config.warm_start, volume_gt, out_dir)
     trainer = Trainer(model, projections, geo, config.train, volume_gt, hooks, out_dir)
+    setup = time.perf_counter() - called
     history = trainer.run()
     history["config"] = dataclasses.asdict(config)
     history["warm_start"] = warm
+    history["setup_seconds"] = setup
     history["gaussians"] = model.count
     return trainer.volume(), history
 

@@ -252,7 +252,8 @@ class Trainer:
 
         Returns:
             The history: ``train`` (per-iteration losses), ``eval`` (iteration,
-            psnr, ssim at each evaluation), ``wall_time`` seconds.
+            psnr, ssim and the loop's wall time in seconds before each evaluation),
+            ``wall_time`` seconds.
         """
         if self.out_dir is not None and (self.out_dir / CHECKPOINT).exists():
             self.load_checkpoint(self.out_dir / CHECKPOINT)
@@ -267,11 +268,12 @@ class Trainer:
             self._record(parts)
             self._run_hooks()
             last = self.iteration == c.iterations
+            self.history["wall_time"] = time.perf_counter() - started
             if self.volume_gt is not None and (
                 last or (c.eval_every and self.iteration % c.eval_every == 0)
             ):
                 parts.update(self.evaluate())
-            self.history["wall_time"] = time.perf_counter() - started
+                self.history["wall_time"] = time.perf_counter() - started
             if writer is not None:
                 for name, value in parts.items():
                     writer.add_scalar(name, value, self.iteration)
@@ -388,7 +390,8 @@ class Trainer:
         return volume
 
     def evaluate(self) -> dict[str, float]:
-        """PSNR and SSIM3D of the current volume against the ground truth (recorded in history)."""
+        """PSNR and SSIM3D of the current volume against the ground truth, recorded in the
+        history with the iteration and the loop's wall time so far."""
         if self.volume_gt is None:
             raise ValueError("volume_gt: evaluation needs the ground-truth volume")
         low, high = float(self.volume_gt.min()), float(self.volume_gt.max())
@@ -397,6 +400,7 @@ class Trainer:
         scores = {"psnr": float(psnr3d(pred, gt)), "ssim": float(ssim3d(pred, gt))}
         record = self.history["eval"]
         record.setdefault("iteration", []).append(self.iteration)
+        record.setdefault("seconds", []).append(self.history["wall_time"])
         for name, value in scores.items():
             record.setdefault(name, []).append(value)
         return scores

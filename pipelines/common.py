@@ -260,14 +260,15 @@ def nr_config(
     warm_start_steps: int | None = None,
     gaussian_rendering: str | None = None,
     shape: tuple[int, int, int] | None = None,
+    views: int | None = None,
 ):
     """The default configuration of a neural representation ("gaussians" or "hashgrid"),
     with the loop seeded by `seed`, the warm start of method `warm_start` (and
     `warm_start_steps` steps unless None) and, for the Gaussians, `gaussian_rendering`
     ("voxel" or "rasterize"; None keeps the recipe's) and the recipe sized to the (Z, Y, X)
-    grid `shape` (`GaussianReconConfig.default`)."""
+    grid `shape` and the number of `views` (`GaussianReconConfig.default`)."""
     if name == "gaussians":
-        config = GaussianReconConfig.default(iterations, shape)
+        config = GaussianReconConfig.default(iterations, shape, views)
         if gaussian_rendering is not None:
             model = dataclasses.replace(config.model, rendering=gaussian_rendering)
             config = dataclasses.replace(config, model=model)

@@ -224,6 +224,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.warm_start_steps,
         args.gaussian_rendering,
         scan.geo.volume_shape,
+        scan.geo.n_views,
     )
     iterations = config.train.iterations
     guard = HallucinationGuard(

@@ -110,6 +110,7 @@ def main(argv: list[str] | None = None) -> dict:
             args.warm_start_steps,
             args.gaussian_rendering,
             scan.geo.volume_shape,
+            scan.geo.n_views,
         )
 
         def run(scan: Scan) -> torch.Tensor:

@@ -70,13 +70,14 @@ def test_projections_agree_with_the_projector_of_the_voxelised_model(mode):
 
 def test_voxel_rendering_projects_the_model_volume_and_feeds_densification():
     """rendering="voxel": the projector of to_volume; the densification statistic is the
-    projection loss's position gradient alone (in half-box units), not the other terms'."""
+    position gradient (in half-box units) of every term on the render's volume."""
     geo = tiny_geometry(views=4)
     control = DensityControl(start=0, until=10, every=1)
     model = tiny_model(geo, count=30, control=control, rendering="voxel")
     optimizer = torch.optim.Adam(model.param_groups())
     twin = copy.deepcopy(model)
-    twin.render_projections(geo, [0, 2]).square().sum().backward()
+    expected = twin.render_projections(geo, [0, 2])
+    (expected.square().sum() + 100.0 * twin.to_volume(geo).square().sum()).backward()
     rendered = model.render_projections(geo, [0, 2])
     torch.testing.assert_close(rendered, project_volume(model.to_volume(geo), geo, [0, 2]))
     (rendered.square().sum() + 100.0 * model.to_volume(geo).square().sum()).backward()
@@ -88,6 +89,31 @@ def test_voxel_rendering_projects_the_model_volume_and_feeds_densification():
     model.render_projections(geo, [1]).sum().backward()
     model.after_backward(10, optimizer)  # past `until`: nothing is added
     torch.testing.assert_close(model.grad_sum, norms)
+
+
+def test_a_training_step_cuts_its_boxes_from_the_rendered_volume():
+    """Within a training step of voxel rendering, query_box cuts from the render's volume:
+    the same values and gradients as a second voxelization (taken here through a copy of the
+    geometry), and after the step (after_backward) a fresh voxelization of the new model."""
+    geo = tiny_geometry(views=4)
+    model = tiny_model(geo, count=30, rendering="voxel")
+    twin = copy.deepcopy(model)
+    optimizer = torch.optim.Adam(model.param_groups(), lr=0.1)
+
+    def loss(m, box_geo):
+        crop = m.query_box(box_geo, (2, 3, 1), (9, 7, 12))
+        return m.render_projections(geo, [0, 3]).square().sum() + 50.0 * crop.abs().sum()
+
+    loss(model, geo).backward()
+    loss(twin, copy.deepcopy(geo)).backward()
+    for ours, theirs in zip(model.parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(ours.grad, theirs.grad, rtol=1e-4, atol=1e-6)
+    model.after_backward(0, optimizer)
+    optimizer.step()
+    with torch.no_grad():
+        fresh = model.query_box(copy.deepcopy(geo), (0, 0, 0), geo.volume_shape)
+        torch.testing.assert_close(model.to_volume(geo), fresh)
+        assert (fresh - twin.to_volume(geo)).abs().max() > 1e-3
 
 
 def test_volume_and_projections_carry_the_same_mass():
@@ -384,12 +410,32 @@ def test_default_recipe_is_sized_to_the_grid():
     assert large.init.n_points == 128**3 // 20
     assert large.model.density_control.max_gaussians == 2 * large.init.n_points
     assert (large.train.iterations, large.train.views_per_iteration) == (125, 16)
-    assert large.warm_start == dataclasses.replace(base.warm_start, crop_sampling="attenuation")
+    # The loop's rates: R2-Gaussian's start doubled and held (the fit's stay 3x R2-Gaussian's).
+    assert large.warm_start == dataclasses.replace(
+        base.warm_start, crop_sampling="attenuation", lr_factor=1.5
+    )
+    for name in ("lr_position", "lr_density", "lr_scale", "lr_rotation"):
+        rate = getattr(base.model, name)
+        assert getattr(large.model, name) == getattr(large.model, f"{name}_final") == 2 * rate
+        assert getattr(base.model, f"{name}_final") == pytest.approx(rate / 10)
     assert base.warm_start.crop_sampling == "uniform"
     assert (base.init.detail_floor, large.init.detail_floor) == (None, 0.1)
     assert large.model.density_control.until == 62
+    # TV: R2-Gaussian's (0.05 on 32^3 crops) up to 64^3; above, on the whole grid with a
+    # weight falling with the views.
+    assert (base.train.lambda_tv, base.train.tv_crop) == (0.05, 32)
+    assert GaussianReconConfig.default(shape=(64,) * 3, views=75) == base
+    assert (large.train.lambda_tv, large.train.tv_crop) == (0.05, 128)
+    weights = [
+        GaussianReconConfig.default(shape=(96, 128, 112), views=v).train.lambda_tv
+        for v in (10, 25, 50, 75)
+    ]
+    assert weights == pytest.approx([0.05, 0.05, 0.025, 1.25 / 75])
+    assert GaussianReconConfig.default(shape=(96, 128, 112)).train.tv_crop == 128
     # An explicit iteration count wins; the densification schedule follows it.
     assert GaussianReconConfig.default(100, (128, 128, 128)).model.density_control.until == 50
     for bad in [(128, 128), (0, 64, 64)]:
         with pytest.raises(ValueError, match="shape"):
             GaussianReconConfig.default(shape=bad)
+    with pytest.raises(ValueError, match="views"):
+        GaussianReconConfig.default(shape=(128,) * 3, views=0)

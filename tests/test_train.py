@@ -75,6 +75,9 @@ def test_training_improves_and_is_deterministic():
     before = first.evaluate()["psnr"]
     history = first.run()
     assert history["eval"]["iteration"] == [0, 10, 20, 30]
+    seconds = history["eval"]["seconds"]
+    assert seconds[0] == 0 and all(a < b for a, b in zip(seconds, seconds[1:], strict=False))
+    assert seconds[-1] <= history["wall_time"]
     assert history["eval"]["psnr"][-1] > before + 3.0
     assert history["train"]["loss"][-1] < 0.5 * history["train"]["loss"][0]
     assert set(history["train"]) == {"iteration", "loss", "projection", "dssim", "tv"}

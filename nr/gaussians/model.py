@@ -168,6 +168,9 @@ class GaussianModel(nn.Module):
         self._means3d: torch.Tensor | None = None
         self._visible: torch.Tensor | None = None
         self._detector = (1, 1)
+        # The whole-grid volume of the current training step's voxel render and its scan
+        # (`query_box` cuts the TV and 3D SSIM boxes from it until `after_backward`).
+        self._rendered: tuple[ConeBeamGeometry, torch.Tensor] | None = None
 
     # ------------------------------------------------------------ parameters
     @property
@@ -242,13 +245,17 @@ class GaussianModel(nn.Module):
         """(len(view_ids), V, U) projections of the views `view_ids` of `geo`; differentiable."""
         if self.config.rendering == "voxel":
             means = self.means
-            if self.training and means.requires_grad:
-                # A non-leaf alias whose gradient is the projection loss's alone (the
-                # densification statistic), not the TV's or a hook's.
+            training = self.training and means.requires_grad
+            if training:
+                # A non-leaf alias whose gradient is the densification statistic: that of
+                # every loss term on this render's volume (the projections', and the TV's
+                # and 3D SSIM's on the boxes `query_box` cuts from it).
                 means = means.view_as(means)
                 means.retain_grad()
                 self._means3d = means
             volume = self._voxelize_box(geo, (0, 0, 0), geo.volume_shape, means)
+            if training:
+                self._rendered = (geo, volume)
             return project_volume(volume, geo, list(view_ids), backend=self.config.backend)
         cameras = Cameras.from_geometry(
             geo.subset(view_ids), self.raw_means.dtype, self.raw_means.device
@@ -283,7 +290,13 @@ class GaussianModel(nn.Module):
     def query_box(
         self, geo: ConeBeamGeometry, start: Sequence[int], size: Sequence[int]
     ) -> torch.Tensor:
-        """(size_z, size_y, size_x) sub-volume of `to_volume(geo)` from voxel `start` (z, y, x)."""
+        """(size_z, size_y, size_x) sub-volume of `to_volume(geo)` from voxel `start` (z, y, x).
+
+        Within a training step of voxel rendering (from `render_projections` to
+        `after_backward`, on the same `geo` object) the box is cut from the volume the render
+        voxelized: the loop's TV and 3D SSIM terms then cost no second voxelization, and
+        their gradients join the densification statistic (`after_backward`).
+        """
         if not isinstance(geo, ConeBeamGeometry):
             raise TypeError(f"geo: expected a ConeBeamGeometry, got {type(geo).__name__}")
         start, size = [int(s) for s in start], [int(s) for s in size]
@@ -298,6 +311,9 @@ class GaussianModel(nn.Module):
             raise ValueError(
                 f"start, size: box {start} + {size} outside the grid {geo.volume_shape}"
             )
+        if self._rendered is not None and self._rendered[0] is geo:
+            box = tuple(slice(s, s + n) for s, n in zip(start, size, strict=True))
+            return self._rendered[1][box]
         return self._voxelize_box(geo, start, size, self.means)
 
     def _voxelize_box(
@@ -342,7 +358,7 @@ class GaussianModel(nn.Module):
                 control.accumulate(self, self._means2d.grad, self._visible, *self._detector)
             if self._means3d is not None and self._means3d.grad is not None:
                 control.accumulate_positions(self, self._means3d.grad)
-        self._means2d = self._means3d = self._visible = None
+        self._means2d = self._means3d = self._visible = self._rendered = None
 
     def after_step(self, iteration: int, optimizer: torch.optim.Optimizer) -> None:
         """Densify and prune on R2-Gaussian's schedule (edits `optimizer`)."""

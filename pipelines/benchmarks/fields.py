@@ -106,20 +106,26 @@ def _resize(volume: torch.Tensor, n: int) -> torch.Tensor:
     return F.interpolate(volume[None, None], size=(n, n, n), mode="trilinear")[0, 0]
 
 
+def hashgrid_config(quick: bool) -> HashGridReconConfig:
+    """The benchmarks' hash grid: the default without a progress bar (--quick: 10 iterations
+    evaluated every 5 and a 10-step warm-start fit)."""
+    config = HashGridReconConfig()
+    train = dataclasses.replace(config.train, progress=False)
+    if not quick:
+        return dataclasses.replace(config, train=train)
+    return dataclasses.replace(
+        config,
+        train=dataclasses.replace(train, iterations=10, eval_every=5),
+        warm_start=dataclasses.replace(config.warm_start, steps=10),
+    )
+
+
 def _quality(quick: bool, volume: torch.Tensor) -> list[str]:
     n = 24 if quick else int(volume.shape[0])
     volume = _resize(volume, n)
     cases = [(12, False)] if quick else [(50, False), (50, True), (25, False), (75, False)]
     sweeps = 2 if quick else 20
-    config = HashGridReconConfig()
-    train = dataclasses.replace(config.train, progress=False)
-    if quick:
-        train = dataclasses.replace(train, iterations=10, eval_every=5)
-    config = dataclasses.replace(config, train=train)
-    if quick:
-        config = dataclasses.replace(
-            config, warm_start=dataclasses.replace(config.warm_start, steps=10)
-        )
+    config = hashgrid_config(quick)
     warm = config.warm_start.method
     lines = [
         f"### Quality on a {n}^3 scan (PSNR dB / SSIM3D against the ground truth, data range 1)",
