@@ -234,28 +234,27 @@ class GaussianReconConfig:
             every=25,
             max_gaussians=max(50_000, 2 * n_points),
         )
+        init = InitConfig(n_points=n_points)
         model = GaussianConfig(density_control=control, rendering="voxel")
+        train = TrainConfig(
+            iterations=iterations, views_per_iteration=round(4 * k**2), eval_every=0
+        )
         warm_start = DEFAULT_GAUSSIAN_WARM_START
         if k > 1:
+            init = dataclasses.replace(init, detail_floor=0.1)
             rates = {n: 2 * getattr(model, n) for n in LEARNING_RATES}
             model = dataclasses.replace(
                 model, **rates, **{f"{n}_final": rate for n, rate in rates.items()}
             )
+            train = dataclasses.replace(
+                train,
+                lambda_tv=train.lambda_tv if views is None else min(train.lambda_tv, 1.25 / views),
+                tv_crop=max(int(n) for n in shape),
+            )
             warm_start = dataclasses.replace(
                 warm_start, crop_sampling="attenuation", lr_factor=warm_start.lr_factor / 2
             )
-        return cls(
-            init=InitConfig(n_points=n_points, detail_floor=0.1 if k > 1 else None),
-            model=model,
-            train=TrainConfig(
-                iterations=iterations,
-                views_per_iteration=round(4 * k**2),
-                lambda_tv=0.05 if views is None or k == 1 else min(0.05, 1.25 / views),
-                tv_crop=max(int(n) for n in shape) if k > 1 else 32,
-                eval_every=0,
-            ),
-            warm_start=warm_start,
-        )
+        return cls(init=init, model=model, train=train, warm_start=warm_start)
 
 
 def reconstruct_gaussians(
