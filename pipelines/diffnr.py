@@ -61,6 +61,45 @@ def hook_defaults(nr: str, prior: str) -> dict[str, float]:
     }
 
 
+def slice_side(shape: tuple[int, int, int], axes: tuple[str, ...]) -> int:
+    """Largest side (voxels) of the slices of a (Z, Y, X) `shape` cut along `axes`."""
+    in_plane = {"z": (1, 2), "y": (0, 2), "x": (0, 1)}
+    return max(shape[i] for axis in axes for i in in_plane[axis])
+
+
+def resolve_prior(args: argparse.Namespace, scan: Scan) -> str | None:
+    """Settle ``args.prior`` when it was not given; returns the warning to record, if any.
+
+    On slices larger than its resolution the shipped 64-pixel SliceFixer's repairs score below
+    the fit they come from, and it pulled the 128^3 Gaussians down by 2.7 dB (docs/diffnr.md).
+    So by default the prior is off there; ``--prior slicefixer`` forces it (with a warning).
+    """
+    wanted = args.prior or "slicefixer"
+    if wanted != "slicefixer":
+        args.prior = wanted
+        return None
+    from slicefixer.checkpoint import read_header
+
+    folder = args.checkpoint or asset_path("slicefixer-compact")
+    resolution = int(read_header(Path(folder))["config"]["resolution"])
+    side = slice_side(scan.geo.volume_shape, args.axes)
+    if side <= resolution:
+        args.prior = wanted
+        return None
+    problem = (
+        f"the SliceFixer ({folder}) works at {resolution} pixels and this scan's slices have "
+        f"{side}: on slices larger than it was trained on its repairs score below the fit they "
+        "come from (a 64-pixel fixer lowered a 128^3 fit by 2.7 dB, docs/diffnr.md)"
+    )
+    if args.prior is None:
+        args.prior = "none"
+        return (
+            f"prior off: {problem}. Pass --prior slicefixer to use it anyway, or --size "
+            f"{resolution}."
+        )
+    return f"--prior slicefixer given although {problem}"
+
+
 def build_hook(args: argparse.Namespace, scan: Scan, iterations: int):
     """The prior's hook, scheduled from `--start`/`--refresh` (fractions of the run)."""
     start = max(1, round(args.start * iterations))
@@ -111,7 +150,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         default="gaussians",
         help="neural representation (default gaussians)",
     )
-    parser.add_argument("--prior", choices=PRIORS, default="slicefixer")
+    parser.add_argument(
+        "--prior",
+        choices=PRIORS,
+        default=None,
+        help="default: slicefixer, or none (with a warning) when the scan's slices are larger "
+        "than the SliceFixer's resolution: a 64-pixel fixer lowered a 128^3 fit by 2.7 dB "
+        "(docs/diffnr.md)",
+    )
     parser.add_argument(
         "--checkpoint",
         type=Path,
@@ -204,7 +250,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="also fit the NR alone with identical settings and seed",
     )
     args = parser.parse_args(argv)
-    for name, value in hook_defaults(args.nr, args.prior).items():
+    for name, value in hook_defaults(args.nr, args.prior or "slicefixer").items():
         if getattr(args, name) is None:
             setattr(args, name, value)
     return args
@@ -216,6 +262,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.manual_seed(args.seed)
     scan = resolve_scan(args.input, args.views, args.noise, args.seed, args.size)
     LOG.info("scan: %d views, volume %s", scan.geo.n_views, "x".join(map(str, scan.geo.n_voxel)))
+    prior_warning = resolve_prior(args, scan)
+    if prior_warning:
+        LOG.warning(prior_warning)
     config = nr_config(
         args.nr,
         args.iterations,
@@ -270,7 +319,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         timings["nr_only"] = time.perf_counter() - started
         results["nr_only"] = quality(volume, scan)
         shown[f"{args.nr} alone"] = volume
-        out.write_volume(volume, scan.geo, "nr_only.nii.gz")
+        # without a prior the NR alone is the run's result
+        out.write_volume(volume, scan.geo, "nr_only.nii.gz" if hook else "volume.nii.gz")
         plot_curves(history, out.path / "curves_nr_only.png")
     if hook is not None:
         started = time.perf_counter()
@@ -287,6 +337,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "views": scan.geo.n_views,
         "nr": args.nr,
         "prior": args.prior,
+        "prior_warning": prior_warning,
         **results,
         "timings_seconds": timings,
     }
@@ -321,6 +372,10 @@ def report(metrics: dict[str, Any], args: argparse.Namespace) -> str:
         "",
         f"Input: {args.input or 'embedded head phantom (assets/head_phantom)'}",
         "",
+    ]
+    if metrics.get("prior_warning"):
+        lines += [f"**Warning**: {metrics['prior_warning']}", ""]
+    lines += [
         "| reconstruction | PSNR (dB) | SSIM | data residual | time (s) |",
         "|---|---|---|---|---|",
     ]

@@ -29,7 +29,7 @@ from slicefixer.repair import _resize
 
 logger = logging.getLogger(__name__)
 REQUIRED_KEYS = ("artifact", "clean", "biplanar", "prompt")
-METADATA_KEYS = ("representation", "views", "volume_id", "axis")
+METADATA_KEYS = ("representation", "views", "volume_id", "axis", "subset")
 
 
 def collate_pairs(items: Sequence[dict[str, Any]]) -> dict[str, Any]:

@@ -84,8 +84,10 @@ def repair_volume(
     """Repair every slice of ``volume`` along ``axes`` and average the axes.
 
     The two views of ``projections`` nearest 0 and 90 degrees condition the model. Slices are
-    resized (bilinear; antialiased when shrinking) to the model's square resolution and back, so a
-    non-square slice is stretched for the model and un-stretched after.
+    resized (bilinear; antialiased when shrinking) to the model's square resolution, and the
+    model's change (output minus what it was given) is resized back and added to the slice: the
+    model changes what its resolution shows, and detail finer than that is kept, not blurred
+    away. A non-square slice is stretched for the model and its change un-stretched.
 
     Args:
         model: the SliceFixer (its device and dtype are used for the computation).
@@ -117,8 +119,10 @@ def repair_volume(
         repaired = torch.empty_like(stack)
         for start in range(0, stack.shape[0], batch_size):
             chunk = stack[start:start + batch_size, None]
-            output = model.denoise(_resize(chunk, size), condition.expand(chunk.shape[0], -1, -1))
-            repaired[start:start + batch_size] = _resize(output, tuple(chunk.shape[-2:]))[:, 0]
+            seen = _resize(chunk, size)
+            correction = model.denoise(seen, condition.expand(chunk.shape[0], -1, -1)) - seen
+            repaired[start:start + batch_size] = (
+                chunk + _resize(correction, tuple(chunk.shape[-2:])))[:, 0]
         total += repaired.permute(*torch.argsort(torch.tensor(order)).tolist())
     result = (total / len(axes) + 1.0) * ((high - low) / 2.0) + low
     return result.to(volume.device, volume.dtype)

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 from types import SimpleNamespace
 
@@ -145,8 +146,47 @@ def test_diffusionblend_hook_takes_its_options(tmp_path):
 def test_slicefixer_hook_takes_its_cg_iterations(tiny_fixer):
     args = diffnr.parse(["--out", "o", "--checkpoint", str(tiny_fixer), "--fixer-cg", "4"])
     scan = SimpleNamespace(projections=torch.zeros(6, 8, 8), geo=ConeBeamGeometry.default(8, 6))
+    assert diffnr.resolve_prior(args, scan) is None and args.prior == "slicefixer"
     hook, config = diffnr.build_hook(args, scan, 100)
     assert hook.config is config and config.cg_iters == 4
+
+
+@pytest.fixture(scope="module")
+def fixer_16px(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("fixer16")
+    torch.manual_seed(0)
+    SliceFixer.from_config(dataclasses.replace(tiny_config(), resolution=16)).save_pretrained(
+        folder
+    )
+    return folder
+
+
+def test_default_prior_is_off_on_slices_larger_than_the_fixer(fixer_16px):
+    def resolved(shape, *given):
+        args = diffnr.parse(["--out", "o", "--checkpoint", str(fixer_16px), *given])
+        scan = SimpleNamespace(geo=SimpleNamespace(volume_shape=shape))
+        return diffnr.resolve_prior(args, scan), args.prior
+
+    assert resolved((40, 16, 16)) == (None, "slicefixer")  # axial slices of 16 x 16
+    warning, prior = resolved((16, 16, 20))
+    assert prior == "none" and "16 pixels" in warning and "20" in warning
+    assert "--prior slicefixer" in warning
+    assert resolved((40, 16, 16), "--axes", "z,y,x")[1] == "none"  # coronal slices 40 x 16
+    warning, prior = resolved((16, 16, 20), "--prior", "slicefixer")
+    assert prior == "slicefixer" and warning.startswith("--prior slicefixer given although")
+    assert resolved((16, 16, 20), "--prior", "diffusionblend") == (None, "diffusionblend")
+
+
+def test_without_a_prior_the_nr_volume_is_the_result(small_volume, fixer_16px, tmp_path):
+    out = tmp_path / "run"
+    metrics = diffnr.main(
+        [str(small_volume), "--nr", "hashgrid", "--views", "8", "--iterations", "4"]
+        + ["--warm-start-steps", "50", "--checkpoint", str(fixer_16px), "--out", str(out)]
+    )
+    assert metrics["prior"] == "none" and "prior off" in metrics["prior_warning"]
+    assert "diffnr" not in metrics and np.isfinite(metrics["nr_only"]["psnr"])
+    assert (out / "volume.nii.gz").is_file() and not (out / "nr_only.nii.gz").exists()
+    assert "**Warning**: prior off" in (out / "report.md").read_text()
 
 
 @pytest.mark.parametrize(
