@@ -137,18 +137,33 @@ def test_diffusionblend_hook_takes_its_options(tmp_path):
     args = diffnr.parse(
         ["--out", "o", "--prior", "diffusionblend", "--checkpoint", str(tmp_path / "blend")]
         + ["--blend-t0", "50", "--blend-samples", "3", "--start", "0.5", "--refresh", "0.25"]
+        + ["--loss-every", "3"]
     )
     hook, config = diffnr.build_hook(args, None, 100)
     assert hook.config is config
     assert (config.t0, config.samples, config.start, config.every) == (50, 3, 50, 25)
+    assert config.loss_every == 3
 
 
 def test_slicefixer_hook_takes_its_cg_iterations(tiny_fixer):
-    args = diffnr.parse(["--out", "o", "--checkpoint", str(tiny_fixer), "--fixer-cg", "4"])
+    args = diffnr.parse(
+        ["--out", "o", "--checkpoint", str(tiny_fixer), "--fixer-cg", "4", "--loss-every", "10"]
+    )
     scan = SimpleNamespace(projections=torch.zeros(6, 8, 8), geo=ConeBeamGeometry.default(8, 6))
     assert diffnr.resolve_prior(args, scan) is None and args.prior == "slicefixer"
     hook, config = diffnr.build_hook(args, scan, 100)
     assert hook.config is config and config.cg_iters == 4
+
+
+def test_ssim_term_every_iteration_only_where_the_loop_rates_stay_constant():
+    assert diffnr.parse(["--out", "o"]).loss_every is None  # settled once the scan is known
+    sized = {n: diffnr.nr_config("gaussians", None, 0, shape=(n,) * 3, views=25) for n in (64, 128)}
+    assert sized[128].model.lr_density == sized[128].model.lr_density_final
+    assert sized[64].model.lr_density > sized[64].model.lr_density_final
+    assert diffnr.loss_every_default(sized[128]) == 1
+    assert diffnr.loss_every_default(sized[64]) == 10
+    hashgrid = diffnr.nr_config("hashgrid", None, 0, shape=(128,) * 3, views=25)
+    assert diffnr.loss_every_default(hashgrid) == 10
 
 
 @pytest.fixture(scope="module")
