@@ -67,9 +67,9 @@ def loss_every_default(config: Any) -> int:
 
     10, as the DiffNR release, unless the loop's rates stay constant (the Gaussians' recipe
     above 64^3): there a term added every 10th iteration kicks Adam's moments and the fit
-    never recovers. With a prior that returns the current volume itself, the 128^3 embedded
-    fit ended at 30.52 dB with every 10 and 32.00 dB with every 1 (32.19 dB without a prior;
-    docs/diffnr.md).
+    does not recover within the run. With a prior that returns the current volume itself, the
+    128^3 embedded fit ended at 30.52 dB with every 10 and 32.00 dB with every 1 (32.19 dB
+    without a prior; docs/diffnr.md).
     """
     if isinstance(config, GaussianReconConfig) and all(
         getattr(config.model, name) == getattr(config.model, f"{name}_final")
@@ -341,8 +341,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         results["nr_only"] = quality(volume, scan)
         shown[f"{args.nr} alone"] = volume
         # without a prior the NR alone is the run's result
-        out.write_volume(volume, scan.geo, "nr_only.nii.gz" if hook else "volume.nii.gz")
-        plot_curves(history, out.path / "curves_nr_only.png")
+        baseline = hook is not None
+        out.write_volume(volume, scan.geo, "nr_only.nii.gz" if baseline else "volume.nii.gz")
+        plot_curves(history, out.path / ("curves_nr_only.png" if baseline else "curves.png"))
     if hook is not None:
         started = time.perf_counter()
         volume, history = reconstruct(args.nr, scan, config, out.path / "diffnr", [hook])

@@ -201,6 +201,7 @@ def test_without_a_prior_the_nr_volume_is_the_result(small_volume, fixer_16px, t
     assert metrics["prior"] == "none" and "prior off" in metrics["prior_warning"]
     assert "diffnr" not in metrics and np.isfinite(metrics["nr_only"]["psnr"])
     assert (out / "volume.nii.gz").is_file() and not (out / "nr_only.nii.gz").exists()
+    assert (out / "curves.png").is_file()
     assert "**Warning**: prior off" in (out / "report.md").read_text()
 
 
