@@ -45,6 +45,7 @@ from pipelines.common import (
 )
 
 PRIORS = ("slicefixer", "diffusionblend", "none")
+DEFAULT_PRIOR = "slicefixer"  # unless `resolve_prior` turns it off
 
 
 def hook_defaults(nr: str, prior: str) -> dict[str, float]:
@@ -79,12 +80,6 @@ def loss_every_default(config: Any) -> int:
     return 10
 
 
-def slice_side(shape: tuple[int, int, int], axes: tuple[str, ...]) -> int:
-    """Largest side (voxels) of the slices of a (Z, Y, X) `shape` cut along `axes`."""
-    in_plane = {"z": (1, 2), "y": (0, 2), "x": (0, 1)}
-    return max(shape[i] for axis in axes for i in in_plane[axis])
-
-
 def resolve_prior(args: argparse.Namespace, scan: Scan) -> str | None:
     """Settle ``args.prior`` when it was not given; returns the warning to record, if any.
 
@@ -92,17 +87,16 @@ def resolve_prior(args: argparse.Namespace, scan: Scan) -> str | None:
     the fit they come from, and it pulled the 128^3 Gaussians down by 2.7 dB (docs/diffnr.md).
     So by default the prior is off there; ``--prior slicefixer`` forces it (with a warning).
     """
-    wanted = args.prior or "slicefixer"
-    if wanted != "slicefixer":
-        args.prior = wanted
+    if args.prior not in (None, DEFAULT_PRIOR):
         return None
     from slicefixer.checkpoint import read_header
+    from slicefixer.repair import largest_slice_side
 
     folder = args.checkpoint or asset_path("slicefixer-compact")
     resolution = int(read_header(Path(folder))["config"]["resolution"])
-    side = slice_side(scan.geo.volume_shape, args.axes)
+    side = largest_slice_side(scan.geo.volume_shape, args.axes)
     if side <= resolution:
-        args.prior = wanted
+        args.prior = DEFAULT_PRIOR
         return None
     problem = (
         f"the SliceFixer ({folder}) works at {resolution} pixels and this scan's slices have "
@@ -269,7 +263,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="also fit the NR alone with identical settings and seed",
     )
     args = parser.parse_args(argv)
-    for name, value in hook_defaults(args.nr, args.prior or "slicefixer").items():
+    for name, value in hook_defaults(args.nr, args.prior or DEFAULT_PRIOR).items():
         if getattr(args, name) is None:
             setattr(args, name, value)
     return args

@@ -36,7 +36,7 @@ from slicefixer.data import EpochSampler, PromptResolver, collate_pairs, to_mode
 from slicefixer.losses import LossConfig, SliceFixerLoss
 from slicefixer.model import SliceFixer
 from slicefixer.presets import compact_config, tiny_config
-from slicefixer.validation import group_labels, repair_batch, save_grid, slice_metrics, summarise
+from slicefixer.validation import batch_metrics, group_labels, repair_batch, save_grid, summarise
 
 logger = logging.getLogger(__name__)
 SCHEDULES = ("cosine", "constant")
@@ -355,10 +355,8 @@ def _train(model: SliceFixer, train_set: Dataset, val_set: Dataset, config: Fine
     def validate() -> None:
         values, labels = [], []
         for batch in val_loader:
-            images = to_model_space(batch["artifact"], window, config.resolution)
-            target = to_model_space(batch["clean"], window, config.resolution)
-            repaired = repair_batch(model, images, batch["biplanar"], prompts(batch["prompt"]))
-            values.append(accelerator.gather_for_metrics(slice_metrics(repaired, images, target)))
+            metrics = batch_metrics(model, batch, window, config.resolution, prompts)
+            values.append(accelerator.gather_for_metrics(metrics))
             labels += accelerator.gather_for_metrics(group_labels(batch), use_gather_object=True)
         if not accelerator.is_main_process:
             return

@@ -23,6 +23,11 @@ from slicefixer.model import SliceFixer
 _AXES = {"z": (0, 1, 2), "y": (1, 0, 2), "x": (2, 0, 1)}
 
 
+def largest_slice_side(shape: Sequence[int], axes: Sequence[str]) -> int:
+    """Largest side (voxels) of the slices of a (Z, Y, X) `shape` cut along `axes`."""
+    return max(int(shape[i]) for axis in axes for i in _AXES[axis][1:])
+
+
 def intensity_window(volume: torch.Tensor, model: SliceFixer,
                      window: str | tuple[float, float]) -> tuple[float, float]:
     """(low, high) attenuation mapped to [-1, 1]: "model", "volume" or an explicit pair."""

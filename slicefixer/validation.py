@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from nr.metrics import ssim2d  # noqa: E402
-from slicefixer.data import to_unit  # noqa: E402
+from slicefixer.data import to_model_space, to_unit  # noqa: E402
 
 METRICS = ("psnr_repaired", "ssim_repaired", "psnr_artifact", "ssim_artifact")
 
@@ -36,6 +36,17 @@ def slice_metrics(repaired: torch.Tensor, artifact: torch.Tensor,
         mse = ((image - ref) ** 2).flatten(1).mean(1).clamp_min(1e-12)
         columns += [10.0 * torch.log10(1.0 / mse), ssim2d(image, ref, data_range=1.0)]
     return torch.stack([columns[0], columns[1], columns[2], columns[3]], dim=1)
+
+
+def batch_metrics(model: Callable[..., torch.Tensor], batch: dict[str, Any],
+                  window: tuple[float, float], resolution: int,
+                  prompts: Callable[[Sequence[str]], list[str]]) -> torch.Tensor:
+    """(B, 4) per-slice METRICS of the model's repairs of a `collate_pairs` batch, its slices
+    mapped through `window` to the model's `resolution`; `prompts` resolves the batch's."""
+    images = to_model_space(batch["artifact"], window, resolution)
+    target = to_model_space(batch["clean"], window, resolution)
+    repaired = repair_batch(model, images, batch["biplanar"], prompts(batch["prompt"]))
+    return slice_metrics(repaired, images, target)
 
 
 def group_labels(batch: dict[str, Any]) -> list[str]:

@@ -25,9 +25,9 @@ from data_curation.dataset import PairDataset
 from data_curation.engine import curate
 from nr.assets import asset_path
 from pipelines.benchmarks._cases import data_dir
-from slicefixer.data import PromptResolver, collate_pairs, to_model_space
+from slicefixer.data import PromptResolver, collate_pairs
 from slicefixer.model import SliceFixer
-from slicefixer.validation import group_labels, repair_batch, slice_metrics, summarise
+from slicefixer.validation import batch_metrics, group_labels, summarise
 
 TITLE = "SliceFixer repair quality (shipped compact model, held-out chest)"
 HELD_OUT = "vtkjs_lidc2_chest_ct_u8"
@@ -77,10 +77,7 @@ def evaluate(model: SliceFixer, pairs: PairDataset, batch: int = 32) -> dict:
     )
     values, labels, subsets, axes = [], [], [], []
     for items in DataLoader(pairs, batch_size=batch, collate_fn=collate_pairs):
-        images = to_model_space(items["artifact"], window, resolution)
-        target = to_model_space(items["clean"], window, resolution)
-        repaired = repair_batch(model, images, items["biplanar"], prompts(items["prompt"]))
-        values.append(slice_metrics(repaired, images, target))
+        values.append(batch_metrics(model, items, window, resolution, prompts))
         labels += group_labels(items)
         subsets += items["subset"]
         axes += items["axis"]
