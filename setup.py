@@ -57,7 +57,7 @@ setup(
     license="MIT",
     python_requires=">=3.10",
     packages=find_packages(include=["nr*", "slicefixer*", "pipelines*", "data_curation*"]),
-    package_data={"": ["csrc/*.cpp", "csrc/*.h"]},
+    package_data={"": ["csrc/*.cpp", "csrc/*.h", "splits.json"]},
     # torch: any release from 2.4 on; 2.13.0 (the CPU wheel on this machine's disk) satisfies it,
     # so an environment that already has a torch never pulls a second one.
     install_requires=[

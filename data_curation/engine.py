@@ -33,6 +33,7 @@ from data_curation.manifest import (
     write_manifest,
 )
 from data_curation.reconstructors import get_reconstructor
+from data_curation.splits import refuse_heldout
 from data_curation.volume import VolumeSource, curate_volume
 from nr.io.volumes import ITK_SUFFIXES, NIFTI_SUFFIXES, NUMPY_SUFFIXES
 
@@ -183,10 +184,12 @@ def curate(
         raise ValueError(f"out: {out} holds a dataset curated with another configuration "
                          f"({out / 'manifest.json'}); choose a new --out or the same options")
     table = read_data_manifest(data_manifest) if data_manifest is not None else {}
+    paths = find_volumes(volumes)
+    refuse_heldout(paths, "volumes")
     by_source = {}
     pending: list[VolumeSource] = []
     failed: list[dict[str, str]] = []
-    for path in find_volumes(volumes):
+    for path in paths:
         try:
             sha = file_sha256(path)
         except OSError as error:

@@ -1,20 +1,23 @@
-"""Hallucination guard: check a prior's pseudo-reference against the measured projections.
+"""Hallucination guard: judge a prior's pseudo-reference on views the fit has not seen.
 
-A diffusion prior may invent structure the scan never saw. Before a
-pseudo-reference supervises the fit, it is projected along the measured
-views and its data residual ``r_ref = ||A ref - p|| / ||p||`` is compared
-with the current reconstruction's ``r_cur``. With ``ratio = r_ref / r_cur``:
+A diffusion prior may remove true detail or invent structure. Comparing a
+pseudo-reference with the views the fit is trained on cannot tell either from
+a reference that removes noise: the fit has absorbed those views, noise
+included, and a sparse scan's null space hides most of a volume's errors from
+its own views. The guard therefore cross-validates: the loop withholds a few
+views (``TrainConfig.validation_views``, spread evenly over the arc) from the
+warm start and the fit until after the prior's last call, and each
+pseudo-reference is accepted only when its data residual on those views,
+``r = ||A_H x - p_H|| / ||p_H||``, is below the current volume's by at least
+``margin`` (relative). A reference the guard cannot trust gets weight 0. Both
+volumes' errors are seen from new angles and the noise of the held-out views is
+the same for both, so the comparison measures which volume is closer to the
+object. After the validation views join the fit nothing can be judged, so the
+prior is not called again; with every reference rejected, the run is the NR
+alone's under the same protocol, to the bit.
 
-* ``ratio <= accept_ratio``: accepted at full weight;
-* ``accept_ratio < ratio < reject_ratio``: down-weighted linearly from 1 to 0;
-* ``ratio >= reject_ratio``: rejected (weight 0).
-
-The residual is also computed per view; the worst view's ratio is used when it
-is larger, so that a structure inserted where only a few views see it is not
-averaged away. Every decision is kept (``decisions``) for the run's metrics.
-
-`GuardedHook` puts any prior's hook of `nr.train.Trainer` (SliceFixer,
-DiffusionBlend) behind the guard.
+`GuardedHook` puts any prior (`nr.train.Hook`: SliceFixer, DiffusionBlend)
+behind the guard; every decision is kept for the run's metrics.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -31,33 +34,48 @@ import torch
 
 from nr.geometry import ConeBeamGeometry
 from nr.ops.projector import check_projections, project
-from nr.train import Hook, HookResult, Trainer
+from nr.train import Hook, HookResult, TrainConfig, Trainer, validation_views
 
 LOG = logging.getLogger("nr")
 
 
 @dataclass(frozen=True)
 class GuardConfig:
-    """Thresholds on the residual ratio (module docstring).
+    """The validation protocol and the acceptance rule (module docstring).
 
     Attributes:
-        accept_ratio: largest ratio accepted at full weight.
-        reject_ratio: ratio at and above which the reference is rejected.
-        per_view: also compare the worst single view's ratio.
+        fraction: share of the scan's views held out (at least one; `nr.train.validation_views`).
+        release: fraction of the loop after which the held-out views join the fit; the prior
+            is called only before it.
+        margin: relative drop of the held-out residual a reference must achieve against
+            the current volume's to be accepted (0: any drop).
     """
 
-    accept_ratio: float = 1.5
-    reject_ratio: float = 3.0
-    per_view: bool = True
+    fraction: float = 0.1
+    release: float = 0.75
+    margin: float = 0.0
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.accept_ratio) and self.accept_ratio >= 1.0):
-            raise ValueError(f"accept_ratio: expected a number >= 1, got {self.accept_ratio!r}")
-        if not (math.isfinite(self.reject_ratio) and self.reject_ratio > self.accept_ratio):
-            raise ValueError(
-                f"reject_ratio: expected a number > accept_ratio ({self.accept_ratio}), "
-                f"got {self.reject_ratio!r}"
-            )
+        if not (isinstance(self.fraction, (int, float)) and 0 < self.fraction <= 0.25):
+            raise ValueError(f"fraction: expected a number in (0, 0.25], got {self.fraction!r}")
+        if not (isinstance(self.release, (int, float)) and 0 < self.release <= 1):
+            raise ValueError(f"release: expected a number in (0, 1], got {self.release!r}")
+        if not (isinstance(self.margin, (int, float)) and math.isfinite(self.margin)):
+            raise ValueError(f"margin: expected a number in [0, 1), got {self.margin!r}")
+        if not 0 <= self.margin < 1:
+            raise ValueError(f"margin: expected a number in [0, 1), got {self.margin!r}")
+
+    def protocol(self, train: TrainConfig, n_views: int) -> TrainConfig:
+        """`train` with this protocol's validation views of an `n_views` scan.
+
+        The NR alone and DiffNR take the same protocol: with every reference rejected they
+        are the same run.
+        """
+        return dataclasses.replace(
+            train,
+            validation_views=validation_views(n_views, self.fraction),
+            validation_until=max(1, round(self.release * train.iterations)),
+        )
 
 
 @dataclass(frozen=True)
@@ -66,18 +84,18 @@ class GuardDecision:
 
     Attributes:
         iteration: training iteration of the check.
-        residual_reference: relative data residual of the pseudo-reference.
-        residual_current: relative data residual of the current reconstruction.
-        ratio: the ratio the thresholds were applied to (global or worst view).
-        weight_factor: factor in [0, 1] applied to the reference's loss weight.
-        action: "accept", "downweight" or "reject".
+        views: the held-out view indices it was judged on.
+        residual_reference: relative residual of the pseudo-reference on those views.
+        residual_current: relative residual of the current reconstruction on them.
+        weight_factor: 1 (accepted) or 0 (rejected), applied to the reference's weight.
+        action: "accept" or "reject".
         reason: one human-readable line for the log.
     """
 
     iteration: int
+    views: tuple[int, ...]
     residual_reference: float
     residual_current: float
-    ratio: float
     weight_factor: float
     action: str
     reason: str
@@ -87,12 +105,12 @@ class GuardDecision:
 
 
 class HallucinationGuard:
-    """Compares pseudo-references with the data (module docstring).
+    """Compares pseudo-references with held-out measured views (module docstring).
 
     Args:
-        projections: (N, V, U) measured line integrals of the views of `geo`.
+        projections: (N, V, U) measured line integrals of all views of `geo`.
         geo: the scan.
-        config: thresholds.
+        config: the acceptance rule.
     """
 
     def __init__(
@@ -105,46 +123,37 @@ class HallucinationGuard:
         self.decisions: list[GuardDecision] = []
 
     @torch.no_grad()
-    def residuals(self, volume: torch.Tensor) -> tuple[float, torch.Tensor]:
-        """Relative data residual of a (Z, Y, X) volume: global and per view (N,)."""
+    def residual(self, volume: torch.Tensor, views: Sequence[int]) -> float:
+        """Relative data residual of a (Z, Y, X) volume on the views `views`."""
         if tuple(volume.shape) != self.geo.volume_shape:
             raise ValueError(
                 f"volume: expected shape {self.geo.volume_shape}, got {tuple(volume.shape)}"
             )
-        difference = project(volume.detach().float().cpu(), self.geo) - self.projections
-        per_view = difference.flatten(1).norm(dim=1) / self.projections.flatten(1).norm(
-            dim=1
-        ).clamp_min(1e-12)
-        total = float(difference.norm() / self.projections.norm().clamp_min(1e-12))
-        return total, per_view
+        measured = self.projections[list(views)]
+        difference = project(volume.detach().float().cpu(), self.geo.subset(views)) - measured
+        return float(difference.norm() / measured.norm().clamp_min(1e-12))
 
     def check(
-        self, reference: torch.Tensor, current: torch.Tensor, iteration: int
+        self,
+        reference: torch.Tensor,
+        current: torch.Tensor,
+        views: Sequence[int],
+        iteration: int,
     ) -> GuardDecision:
-        """Judge `reference` against the data, relative to the `current` reconstruction."""
-        c = self.config
-        r_ref, views_ref = self.residuals(reference)
-        r_cur, views_cur = self.residuals(current)
-        ratio = r_ref / max(r_cur, 1e-12)
-        where = "overall"
-        if c.per_view:
-            view_ratio = views_ref / views_cur.clamp_min(1e-12)
-            worst = int(view_ratio.argmax())
-            if float(view_ratio[worst]) > ratio:
-                ratio, where = float(view_ratio[worst]), f"view {worst}"
-        if ratio <= c.accept_ratio:
-            factor, action = 1.0, "accept"
-        elif ratio >= c.reject_ratio:
-            factor, action = 0.0, "reject"
-        else:
-            factor = (c.reject_ratio - ratio) / (c.reject_ratio - c.accept_ratio)
-            action = "downweight"
+        """Judge `reference` against `current` on the held-out `views` (not fitted yet)."""
+        views = tuple(int(v) for v in views)
+        if not views:
+            raise ValueError("views: expected at least one held-out view, got none")
+        r_ref = self.residual(reference, views)
+        r_cur = self.residual(current, views)
+        accepted = r_ref <= (1.0 - self.config.margin) * r_cur
+        action = "accept" if accepted else "reject"
         reason = (
-            f"iteration {iteration}: pseudo-reference residual {r_ref:.4f} vs current {r_cur:.4f} "
-            f"(ratio {ratio:.2f}, {where}; accept <= {c.accept_ratio}, reject >= "
-            f"{c.reject_ratio}) -> {action}, weight x{factor:.2f}"
+            f"iteration {iteration}: held-out residual of the pseudo-reference {r_ref:.5f} vs "
+            f"the current volume's {r_cur:.5f} on views {list(views)} (margin "
+            f"{self.config.margin:g}) -> {action}"
         )
-        decision = GuardDecision(iteration, r_ref, r_cur, ratio, factor, action, reason)
+        decision = GuardDecision(iteration, views, r_ref, r_cur, float(accepted), action, reason)
         self.decisions.append(decision)
         return decision
 
@@ -152,11 +161,13 @@ class HallucinationGuard:
 class GuardedHook:
     """Wraps a prior's hook: its pseudo-references pass the guard before they supervise the fit.
 
-    Keeps the wrapped hook's schedule (``every``, ``start``, ``loss_every``) and records, per
-    call, the prior's and the guard's wall time and the guard's decision (``calls``). With
-    `score` (a volume -> {metric: value} function, e.g. PSNR/SSIM against a known ground
-    truth), each call also records the scores of the pseudo-reference and of the current
-    volume (``reference_quality``, ``current_quality``): whether the prior improved on the fit.
+    Keeps the wrapped hook's schedule (``every``, ``start``, ``loss_every``). The prior is
+    called only while the trainer withholds its validation views (`Trainer.holding_out`):
+    afterwards no reference could be judged. Records, per call, the prior's and the guard's
+    wall time and the guard's decision (``calls``). With `score` (a volume -> {metric: value}
+    function, e.g. PSNR/SSIM against a known ground truth), each call also records the scores
+    of the pseudo-reference and of the current volume (``reference_quality``,
+    ``current_quality``): whether the prior really improved on the fit.
     """
 
     def __init__(
@@ -174,14 +185,17 @@ class GuardedHook:
         self.calls: list[dict[str, Any]] = []
 
     def __call__(self, trainer: Trainer, iteration: int) -> HookResult | None:
+        if not trainer.holding_out:
+            return None
         started = time.perf_counter()
-        result = self.hook(trainer, iteration)
+        with torch.random.fork_rng():  # the fit's random draws stay those of the NR alone
+            result = self.hook(trainer, iteration)
         prior_seconds = time.perf_counter() - started
         if result is None:
             return None
         current = trainer.volume()
-        judged = result.reference if result.repair is None else result.repair
-        decision = self.guard.check(judged, current, iteration)
+        views = trainer.config.validation_views
+        decision = self.guard.check(result.reference, current, views, iteration)
         LOG.info("guard: %s", decision.reason)
         weight = result.weight * decision.weight_factor
         call = {

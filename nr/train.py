@@ -19,7 +19,7 @@ Hooks: any object with ``every: int`` (optional ``start: int``, default
 ``every``; optional ``loss_every: int``, default 1) and ``__call__(trainer,
 iteration) -> HookResult | None``. It is called after the optimiser step of
 iterations ``start, start + every, ...``. A returned `HookResult` replaces that
-hook's pseudo-reference from the next iteration on. Hooks with
+hook's pseudo-reference from the next iteration on (one of weight 0 removes it). Hooks with
 ``state_dict``/``load_state_dict`` are checkpointed.
 
 Checkpoints (``out_dir/checkpoint.pt``, written atomically every
@@ -77,6 +77,10 @@ class TrainConfig:
             (when one is given; also after the last iteration); 0 = only at the end.
         checkpoint_every: iterations between checkpoints (needs an out_dir); 0 = never.
         seed: seeds torch, numpy, Python and the loop's own generator.
+        validation_views: view indices withheld from the loss up to and including iteration
+            `validation_until`, so that a guard can judge pseudo-references on data the fit
+            has not seen (`nr.guard`); they join the loss after it. Empty: none withheld.
+        validation_until: last iteration at which `validation_views` are withheld.
         progress: show a tqdm progress bar.
         tensorboard: log scalars to ``out_dir/tensorboard`` (needs tensorboard).
     """
@@ -96,6 +100,8 @@ class TrainConfig:
     eval_every: int = 100
     checkpoint_every: int = 0
     seed: int = 0
+    validation_views: tuple[int, ...] = ()
+    validation_until: int = 0
     progress: bool = True
     tensorboard: bool = False
 
@@ -121,6 +127,36 @@ class TrainConfig:
             raise ValueError(f"schedule: expected one of {SCHEDULES}, got {self.schedule!r}")
         if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
             raise ValueError(f"adam_betas: expected two numbers in [0, 1), got {self.adam_betas}")
+        views = self.validation_views
+        if not isinstance(views, tuple) or len(set(views)) != len(views):
+            raise ValueError(f"validation_views: expected a tuple of distinct ints, got {views!r}")
+        for view in views:
+            _check_int("validation_views", view, 0)
+        _check_int("validation_until", self.validation_until, 0)
+        if views and not 1 <= self.validation_until <= self.iterations:
+            raise ValueError(
+                f"validation_until: expected an iteration in [1, {self.iterations}] with "
+                f"validation views, got {self.validation_until}"
+            )
+
+    def training_views(self, n_views: int, iteration: int) -> list[int]:
+        """The view indices (of `n_views`) the loss may draw from at `iteration` (1-based)."""
+        if not self.validation_views or iteration > self.validation_until:
+            return list(range(n_views))
+        held = set(self.validation_views)
+        return [view for view in range(n_views) if view not in held]
+
+
+def validation_views(n_views: int, fraction: float) -> tuple[int, ...]:
+    """`fraction` of `n_views` views (at least one, at most a quarter), spread evenly in angle.
+
+    The views of a sparse scan are spread evenly over the arc, so the chosen ones are too.
+    """
+    _check_int("n_views", n_views, 4)
+    if not isinstance(fraction, (int, float)) or not 0 < fraction <= 0.25:
+        raise ValueError(f"fraction: expected a number in (0, 0.25], got {fraction!r}")
+    count = max(1, round(fraction * n_views))
+    return tuple(sorted({int((i + 0.5) * n_views / count) for i in range(count)}))
 
 
 def _resume_key(config: dict[str, Any]) -> dict[str, Any]:
@@ -142,16 +178,11 @@ class HookResult:
         weight: weight of ``1 - SSIM3D(volume, reference)`` (DiffNR: 1.0).
         crop: side of a random cubic crop on which the term is computed; None
             compares the full volumes (DiffNR).
-        repair: the prior's output before a data-consistency step made `reference` from
-            it, for a hallucination guard to judge (None: judge `reference`). Data
-            consistency can make a hallucinated structure fit the measured projections
-            without removing it, so a guard must see the repair itself.
     """
 
     reference: torch.Tensor
     weight: float
     crop: int | None = None
-    repair: torch.Tensor | None = None
 
 
 class Hook(Protocol):
@@ -221,6 +252,11 @@ class Trainer:
             _check_int("hook.every", getattr(hook, "every", None), 1)
         if config.checkpoint_every and out_dir is None:
             raise ValueError("out_dir: checkpoint_every > 0 needs an out_dir")
+        if config.validation_views and max(config.validation_views) >= geo.n_views:
+            raise ValueError(
+                f"config.validation_views: expected indices below the scan's {geo.n_views} "
+                f"views, got {config.validation_views}"
+            )
         self.representation = representation
         self.geo = geo
         self.config = config
@@ -303,6 +339,8 @@ class Trainer:
         rep = self.representation
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(group, iteration, c)
+        if c.validation_views and iteration == c.validation_until + 1:
+            self.view_order = []  # the validation views join the loss from this pass on
         ids = self._next_views()
         pred = rep.render_projections(self.geo, ids) / self.projection_unit
         target = self.targets[ids]
@@ -336,13 +374,28 @@ class Trainer:
             reference = reference[tuple(slice(s, s + n) for s, n in zip(start, size, strict=True))]
         return ssim3d_loss(volume / self.config.volume_scale, reference / self.config.volume_scale)
 
+    def training_data(self) -> tuple[torch.Tensor, ConeBeamGeometry]:
+        """The (N', V, U) measured line integrals (CPU) and the geometry of the views the fit
+        may use at this iteration: a prior's data-consistency step must not see the
+        validation views a guard judges it on."""
+        views = self.config.training_views(self.geo.n_views, self.iteration)
+        projections = (self.targets[views] * self.projection_unit).detach().cpu()
+        geo = self.geo if len(views) == self.geo.n_views else self.geo.subset(views)
+        return projections, geo
+
+    @property
+    def holding_out(self) -> bool:
+        """Whether the fit has not yet seen `config.validation_views` (there are some)."""
+        c = self.config
+        return bool(c.validation_views) and self.iteration <= c.validation_until
+
     def _next_views(self) -> list[int]:
+        pool = self.config.training_views(self.geo.n_views, self.iteration)
         ids = []
-        while len(ids) < min(self.config.views_per_iteration, self.geo.n_views):
+        while len(ids) < min(self.config.views_per_iteration, len(pool)):
             if not self.view_order:
-                self.view_order = torch.randperm(
-                    self.geo.n_views, generator=self.generator
-                ).tolist()
+                order = torch.randperm(len(pool), generator=self.generator).tolist()
+                self.view_order = [pool[i] for i in order]
             candidate = self.view_order.pop()
             if candidate not in ids:
                 ids.append(candidate)
@@ -373,9 +426,12 @@ class Trainer:
                     f"hook {key}: reference shape {tuple(result.reference.shape)} != "
                     f"{self.geo.volume_shape}"
                 )
+            if result.weight == 0:  # e.g. rejected by a guard: the hook's term is dropped
+                self.references.pop(key, None)
+                continue
             device = self.targets.device
-            self.references[key] = dataclasses.replace(  # the repair was for the guard only
-                result, reference=result.reference.detach().to(device, torch.float32), repair=None
+            self.references[key] = dataclasses.replace(
+                result, reference=result.reference.detach().to(device, torch.float32)
             )
 
     # ------------------------------------------------------------ evaluation

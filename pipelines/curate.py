@@ -18,7 +18,8 @@ from pathlib import Path
 
 from data_curation import CurationConfig, available, curate
 from data_curation.config import AXES, SLICE_DTYPES, SUBSET_KINDS
-from data_curation.engine import resolve_config
+from data_curation.engine import find_volumes, resolve_config
+from data_curation.splits import refuse_heldout
 from pipelines.common import LOG, RunFolder, slice_axes
 
 
@@ -127,6 +128,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     try:
         config = resolve_config(config_from_args(args))
+        refuse_heldout(find_volumes(args.volumes), "--volumes")
     except (TypeError, ValueError, ImportError) as error:
         parser.error(str(error))
     RunFolder(args.out)

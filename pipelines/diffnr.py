@@ -17,6 +17,7 @@ same settings and seed and reports the difference.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -130,7 +131,7 @@ def build_hook(args: argparse.Namespace, scan: Scan, iterations: int):
             crop=args.crop,
             cg_iters=args.fixer_cg,
         )
-        return SliceFixerHook(model, scan.projections, scan.geo, config), config
+        return SliceFixerHook(model, config), config
     from nr.priors.blend_hook import BlendHook, BlendHookConfig
     from nr.priors.blend_model import BlendPrior
 
@@ -246,16 +247,24 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "(default: BlendHookConfig.samples, 1)",
     )
     parser.add_argument(
-        "--guard-accept",
+        "--guard-fraction",
         type=float,
-        default=GuardConfig.accept_ratio,
-        help="hallucination guard: residual ratio accepted at full weight",
+        default=GuardConfig.fraction,
+        help="hallucination guard: share of the views held out of the fit to judge each "
+        "pseudo-reference on (docs/diffnr.md)",
     )
     parser.add_argument(
-        "--guard-reject",
+        "--guard-release",
         type=float,
-        default=GuardConfig.reject_ratio,
-        help="hallucination guard: residual ratio rejected",
+        default=GuardConfig.release,
+        help="hallucination guard: fraction of the run after which the held-out views join "
+        "the fit; the prior is called only before it",
+    )
+    parser.add_argument(
+        "--guard-margin",
+        type=float,
+        default=GuardConfig.margin,
+        help="hallucination guard: relative drop of the held-out residual a reference needs",
     )
     parser.add_argument(
         "--compare",
@@ -288,12 +297,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         scan.geo.volume_shape,
         scan.geo.n_views,
     )
+    guard = HallucinationGuard(
+        scan.projections,
+        scan.geo,
+        GuardConfig(args.guard_fraction, args.guard_release, args.guard_margin),
+    )
+    config = dataclasses.replace(
+        config, train=guard.config.protocol(config.train, scan.geo.n_views)
+    )
     iterations = config.train.iterations
     if args.loss_every is None:
         args.loss_every = loss_every_default(config)
-    guard = HallucinationGuard(
-        scan.projections, scan.geo, GuardConfig(args.guard_accept, args.guard_reject)
-    )
     hook, hook_config = None, None
     if args.prior != "none":
         prior, hook_config = build_hook(args, scan, iterations)

@@ -24,6 +24,7 @@ import torch
 
 from data_curation import PairDataset
 from data_curation.manifest import MANIFEST
+from data_curation.splits import refuse_heldout
 from slicefixer.finetune import FinetuneConfig, finetune, model_factory, preset_defaults
 
 LOG = logging.getLogger("pipelines.finetune")
@@ -87,6 +88,7 @@ def load_pairs(data: Path, val_volumes: tuple[str, ...],
         raise ValueError("--val-volumes: name at least one volume to hold out for validation")
     train = PairDataset(data, exclude=val_volumes, axes=axes)
     val = PairDataset(data, volumes=val_volumes, axes=axes)
+    refuse_heldout([*train.volume_ids, *val.volume_ids], f"--data {data}")
     if len(train) == 0:
         raise ValueError(f"--val-volumes: holding out {list(val_volumes)} leaves no training "
                          "pairs")

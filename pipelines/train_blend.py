@@ -21,6 +21,7 @@ import json
 import sys
 from pathlib import Path
 
+from data_curation.splits import refuse_heldout
 from nr.io import read_volume
 from nr.io.volumes import ITK_SUFFIXES, NIFTI_SUFFIXES, NUMPY_SUFFIXES
 from nr.priors.blend_model import PRESETS
@@ -40,6 +41,7 @@ def volume_files(items: list[str], hold_out: list[str]) -> list[Path]:
             files.append(path)
         else:
             raise FileNotFoundError(f"--volumes: {path} is neither a file nor a folder")
+    refuse_heldout(files, "--volumes")
     stems = {f.name.split(".")[0] for f in files}
     unknown = [name for name in hold_out if name not in stems]
     if unknown:

@@ -6,15 +6,14 @@ hand it to the trainer as the pseudo-reference of a loss
 ``weight * (1 - SSIM3D(reference, volume))`` added every ``loss_every``
 iterations until the next refresh. With ``cg_iters`` the repaired volume is first
 made consistent with the measured projections by a few CGLS iterations started from
-it (DDS's data-consistency step, as the DiffusionBlend hook does after each denoising);
-the result still carries the repair itself (``HookResult.repair``), which is what a
-hallucination guard must judge: CGLS fits the data without removing what the fixer
-invented in the directions the views do not measure.
+it (DDS's data-consistency step, as the DiffusionBlend hook does after each denoising).
+Conditioning views and data consistency use only the views the fit may see
+(`Trainer.training_data`): a guard judges the reference on the others.
 
 The DiffNR release refreshes once (iteration 10k of 12k) with weight 1 and the
 loss every 10th iteration; the paper says "periodically", which this does.
 Wrap the hook in `nr.guard.GuardedHook` to check each pseudo-reference against
-the measured projections first.
+held-out measured views first.
 """
 
 from __future__ import annotations
@@ -24,7 +23,6 @@ from dataclasses import dataclass
 
 import torch
 
-from nr.geometry import ConeBeamGeometry
 from nr.ops.iterative import CGLSConfig, cgls
 from nr.train import HookResult, Trainer
 from slicefixer.model import SliceFixer
@@ -84,23 +82,13 @@ class SliceFixerHook:
 
     Args:
         model: the SliceFixer (eval mode is set here).
-        projections: (N, V, U) measured projections of `geo` (biplanar conditioning views).
-        geo: the training scan.
         config: schedule and loss.
     """
 
-    def __init__(
-        self,
-        model: SliceFixer,
-        projections: torch.Tensor,
-        geo: ConeBeamGeometry,
-        config: SliceFixerHookConfig,
-    ) -> None:
+    def __init__(self, model: SliceFixer, config: SliceFixerHookConfig) -> None:
         if not isinstance(model, SliceFixer):
             raise TypeError(f"model: expected a SliceFixer, got {type(model).__name__}")
         self.model = model.eval()
-        self.projections = projections.detach().float().cpu()
-        self.geo = geo
         self.config = config
         self.every = config.refresh
         self.start = config.start
@@ -111,11 +99,12 @@ class SliceFixerHook:
             return None  # a pseudo-reference made after the last step would never be used
         c = self.config
         window = (0.0, trainer.config.volume_scale) if c.window == "scan" else "model"
+        projections, geo = trainer.training_data()
         repair = repair_volume(
             self.model,
             trainer.volume(),
-            self.projections,
-            self.geo,
+            projections,
+            geo,
             axes=c.axes,
             prompt=c.prompt,
             batch_size=c.batch_size,
@@ -124,10 +113,6 @@ class SliceFixerHook:
         if not c.cg_iters:
             return HookResult(reference=repair, weight=c.weight, crop=c.crop)
         reference = cgls(
-            self.projections.to(repair),
-            self.geo,
-            CGLSConfig(c.cg_iters),
-            init=repair,
-            progress=False,
+            projections.to(repair), geo, CGLSConfig(c.cg_iters), init=repair, progress=False
         )
-        return HookResult(reference=reference, weight=c.weight, crop=c.crop, repair=repair)
+        return HookResult(reference=reference, weight=c.weight, crop=c.crop)

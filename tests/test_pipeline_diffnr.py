@@ -107,16 +107,18 @@ def test_the_guard_rejects_a_hallucinated_pseudo_reference_inside_training():
     projections = project(truth, geo)
     score = lambda volume: truth_scores(volume, truth)  # noqa: E731
     hook = GuardedHook(_WrongPrior(), HallucinationGuard(projections, geo), score)
+    train = TrainConfig(
+        iterations=6, progress=False, eval_every=0, validation_views=(2,), validation_until=4
+    )
     trainer = Trainer(
-        HashGridField(geo, FieldConfig(attenuation_bound=2.0)),
-        projections,
-        geo,
-        TrainConfig(iterations=4, progress=False, eval_every=0),
+        HashGridField(geo, FieldConfig(attenuation_bound=2.0)), projections, geo, train,
         hooks=[hook],
     )
     trainer.run()
+    # called at 2 and 4; not at 6, after view 2 joined the fit (nothing left to judge on)
+    assert [call["iteration"] for call in hook.calls] == [2, 4]
     assert [call["guard"]["action"] for call in hook.calls] == ["reject", "reject"]
-    assert all(result.weight == 0.0 for result in trainer.references.values())
+    assert trainer.references == {}
     for call in hook.calls:
         assert call["reference_quality"]["psnr"] < call["current_quality"]["psnr"] - 10
 

@@ -248,3 +248,60 @@ def test_reconstruct_hashgrid_and_plot_curves(tmp_path):
     plot_curves(history, tmp_path / "curves.png")
     assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
     assert math.isfinite(history["wall_time"])
+
+
+class _Noise:
+    """A prior whose references are noise far above the scan, drawn from torch's global generator
+    as a diffusion sampler draws."""
+
+    every, start = 2, 2
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, trainer, iteration):
+        self.calls.append((iteration, trainer.holding_out))
+        return HookResult(reference=3 + torch.rand(trainer.geo.volume_shape), weight=1.0)
+
+
+def test_validation_views_are_withheld_until_their_release_and_a_rejected_prior_changes_nothing(
+    monkeypatch,
+):
+    from nr.guard import GuardedHook, HallucinationGuard
+
+    geo, gt, proj = _scan(views=10)
+    held = {"validation_views": (3, 8), "validation_until": 8}
+    seen = []
+    alone = _trainer(geo, proj, gt, **held)
+    render = alone.representation.render_projections
+    monkeypatch.setattr(
+        alone.representation,
+        "render_projections",
+        lambda geo, ids: (seen.append((alone.iteration, list(ids))), render(geo, ids))[1],
+    )
+    alone.run()
+    before = {v for it, ids in seen if it <= 8 for v in ids}
+    after = {v for it, ids in seen if it > 8 for v in ids}
+    assert before == set(range(10)) - {3, 8} and {3, 8} <= after
+    projections, released = alone.training_data()
+    assert projections.shape[0] == 10 and released == geo
+
+    prior = _Noise()
+    guarded = GuardedHook(prior, HallucinationGuard(proj, geo))
+    with_prior = _trainer(geo, proj, gt, hooks=[guarded], **held)
+    with_prior.run()
+    assert [it for it, _ in prior.calls] == [2, 4, 6, 8]  # not after the release
+    assert all(holding for _, holding in prior.calls)
+    assert [call["guard"]["action"] for call in guarded.calls] == ["reject"] * 4
+    assert with_prior.references == {}
+    assert torch.equal(with_prior.volume(), alone.volume())
+
+
+def test_validation_settings_are_checked():
+    with pytest.raises(ValueError, match="validation_until"):
+        TrainConfig(iterations=5, validation_views=(1,), validation_until=6)
+    with pytest.raises(ValueError, match="validation_views"):
+        TrainConfig(validation_views=(1, 1), validation_until=1)
+    geo, _, proj = _scan(views=6)
+    with pytest.raises(ValueError, match="validation_views"):
+        _trainer(geo, proj, validation_views=(6,), validation_until=2)

@@ -94,8 +94,7 @@ class BlendHook:
         """
         if iteration >= trainer.config.iterations:
             return None
-        geo = trainer.geo
-        projections = (trainer.targets * trainer.projection_unit).detach().cpu()
+        projections, geo = trainer.training_data()
         volume = trainer.volume()
         high = float(
             torch.quantile(
