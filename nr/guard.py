@@ -16,25 +16,23 @@ object. After the validation views join the fit nothing can be judged, so the
 prior is not called again; with every reference rejected, the run is the NR
 alone's under the same protocol, to the bit.
 
-`GuardedHook` puts any prior (`nr.train.Hook`: SliceFixer, DiffusionBlend)
-behind the guard; every decision is kept for the run's metrics.
+`nr.priors.protocol.PriorHook` puts any prior (SliceFixer, DiffusionBlend) behind the
+guard; every decision is kept (``decisions``) for the run's metrics.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import math
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
 
 import torch
 
 from nr.geometry import ConeBeamGeometry
 from nr.ops.projector import check_projections, project
-from nr.train import Hook, HookResult, TrainConfig, Trainer, validation_views
+from nr.train import TrainConfig, validation_views
+from nr.validation import check_number
 
 LOG = logging.getLogger("nr")
 
@@ -56,14 +54,9 @@ class GuardConfig:
     margin: float = 0.0
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.fraction, (int, float)) and 0 < self.fraction <= 0.25):
-            raise ValueError(f"fraction: expected a number in (0, 0.25], got {self.fraction!r}")
-        if not (isinstance(self.release, (int, float)) and 0 < self.release <= 1):
-            raise ValueError(f"release: expected a number in (0, 1], got {self.release!r}")
-        if not (isinstance(self.margin, (int, float)) and math.isfinite(self.margin)):
-            raise ValueError(f"margin: expected a number in [0, 1), got {self.margin!r}")
-        if not 0 <= self.margin < 1:
-            raise ValueError(f"margin: expected a number in [0, 1), got {self.margin!r}")
+        check_number("fraction", self.fraction, 0.0, 0.25, open_low=True)
+        check_number("release", self.release, 0.0, 1.0, open_low=True)
+        check_number("margin", self.margin, 0.0, 0.99)
 
     def protocol(self, train: TrainConfig, n_views: int) -> TrainConfig:
         """`train` with this protocol's validation views of an `n_views` scan.
@@ -156,76 +149,3 @@ class HallucinationGuard:
         decision = GuardDecision(iteration, views, r_ref, r_cur, float(accepted), action, reason)
         self.decisions.append(decision)
         return decision
-
-
-class GuardedHook:
-    """Wraps a prior's hook: its pseudo-references pass the guard before they supervise the fit.
-
-    Keeps the wrapped hook's schedule (``every``, ``start``, ``loss_every``). The prior is
-    called only while the trainer withholds its validation views (`Trainer.holding_out`):
-    afterwards no reference could be judged. Records, per call, the prior's and the guard's
-    wall time and the guard's decision (``calls``). With `score` (a volume -> {metric: value}
-    function, e.g. PSNR/SSIM against a known ground truth), each call also records the scores
-    of the pseudo-reference and of the current volume (``reference_quality``,
-    ``current_quality``): whether the prior really improved on the fit.
-    """
-
-    def __init__(
-        self,
-        hook: Hook,
-        guard: HallucinationGuard,
-        score: Callable[[torch.Tensor], dict[str, float]] | None = None,
-    ) -> None:
-        self.hook = hook
-        self.guard = guard
-        self.score = score
-        self.every = hook.every
-        self.start = getattr(hook, "start", hook.every)
-        self.loss_every = getattr(hook, "loss_every", 1)
-        self.calls: list[dict[str, Any]] = []
-
-    def __call__(self, trainer: Trainer, iteration: int) -> HookResult | None:
-        if not trainer.holding_out:
-            return None
-        started = time.perf_counter()
-        with torch.random.fork_rng():  # the fit's random draws stay those of the NR alone
-            result = self.hook(trainer, iteration)
-        prior_seconds = time.perf_counter() - started
-        if result is None:
-            return None
-        current = trainer.volume()
-        views = trainer.config.validation_views
-        decision = self.guard.check(result.reference, current, views, iteration)
-        LOG.info("guard: %s", decision.reason)
-        weight = result.weight * decision.weight_factor
-        call = {
-            "iteration": iteration,
-            "prior_seconds": prior_seconds,
-            "guard_seconds": time.perf_counter() - started - prior_seconds,
-            "weight": weight,
-            "guard": decision.to_dict(),
-        }
-        if self.score is not None:
-            call["reference_quality"] = self.score(result.reference)
-            call["current_quality"] = self.score(current)
-            shown = {
-                name: ", ".join(f"{key} {value:.4g}" for key, value in call[name].items())
-                for name in ("reference_quality", "current_quality")
-            }
-            LOG.info(
-                "iteration %d: pseudo-reference %s; current volume %s",
-                iteration,
-                shown["reference_quality"],
-                shown["current_quality"],
-            )
-        self.calls.append(call)
-        return dataclasses.replace(result, weight=weight)
-
-    def state_dict(self) -> dict[str, Any]:
-        inner = getattr(self.hook, "state_dict", None)
-        return {"calls": list(self.calls), "hook": inner() if inner else None}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.calls = list(state["calls"])
-        if state["hook"] is not None:
-            self.hook.load_state_dict(state["hook"])

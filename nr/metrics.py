@@ -19,6 +19,9 @@ import numpy as np
 import torch
 from pytorch_msssim import ssim as _msssim_ssim
 
+from nr.geometry import ConeBeamGeometry
+from nr.ops.projector import project
+
 WINDOW = 11
 SIGMA = 1.5
 
@@ -92,3 +95,31 @@ def normalise(volume: torch.Tensor, low: float, high: float) -> torch.Tensor:
     if not high > low:
         raise ValueError(f"high: must exceed low ({low}), got {high}")
     return (volume - low) / (high - low)
+
+
+def truth_scores(volume: torch.Tensor, truth: torch.Tensor) -> dict[str, float]:
+    """PSNR and SSIM3D of a (Z, Y, X) `volume` against `truth`, both normalised by the truth's
+    range (R2-Gaussian's protocol, data range 1)."""
+    with torch.no_grad():
+        gt = torch.as_tensor(truth).float().cpu()
+        low, high = float(gt.min()), float(gt.max())
+        pred = normalise(torch.as_tensor(volume).float().cpu(), low, high)
+        gt = normalise(gt, low, high)
+        return {"psnr": float(psnr3d(pred, gt)), "ssim": float(ssim3d(pred, gt))}
+
+
+def scan_quality(
+    volume: torch.Tensor,
+    projections: torch.Tensor,
+    geo: ConeBeamGeometry,
+    truth: torch.Tensor | None = None,
+) -> dict[str, float]:
+    """The relative data residual ``||A x - p|| / ||p||`` of a (Z, Y, X) `volume` on the
+    (N, V, U) measured `projections` of the scan `geo` and, when `truth` is given, its
+    `truth_scores`."""
+    with torch.no_grad():
+        residual = project(volume.float(), geo) - projections
+        metrics = {"data_residual": float(residual.norm() / projections.norm())}
+    if truth is not None:
+        metrics.update(truth_scores(volume, truth))
+    return metrics

@@ -358,3 +358,66 @@ def _fdk_scale(reference: torch.Tensor) -> float:
     if not scale > 0:
         raise ValueError("projections: the FDK reconstruction has no positive attenuation")
     return scale
+
+
+REPRESENTATIONS = ("gaussians", "hashgrid")
+
+
+def recipe(
+    name: str,
+    shape: Sequence[int] | None = None,
+    views: int | None = None,
+    *,
+    iterations: int | None = None,
+    seed: int = 0,
+    warm_start: str = "asd_pocs",
+    warm_start_steps: int | None = None,
+    gaussian_rendering: str | None = None,
+) -> GaussianReconConfig | HashGridReconConfig:
+    """The default configuration of the representation `name` ("gaussians" or "hashgrid").
+
+    Args:
+        name: one of `REPRESENTATIONS`.
+        shape: (Z, Y, X) grid the Gaussians' recipe is sized to (`GaussianReconConfig.default`).
+        views: the scan's number of views (the Gaussians' TV weight above 64^3 voxels).
+        iterations: overrides the loop's iteration count.
+        seed: seeds the loop.
+        warm_start: method of the classical volume fitted first (`nr.warm_start.METHODS`).
+        warm_start_steps: steps of that fit (None: the recipe's).
+        gaussian_rendering: "voxel" or "rasterize" (None: the recipe's).
+
+    The loop checkpoints ten times per run when it is given an ``out_dir``, so that the
+    same call resumes a killed run.
+    """
+    if name not in REPRESENTATIONS:
+        raise ValueError(f"name: expected one of {REPRESENTATIONS}, got {name!r}")
+    if name == "gaussians":
+        config = GaussianReconConfig.default(iterations, shape, views)
+        if gaussian_rendering is not None:
+            model = dataclasses.replace(config.model, rendering=gaussian_rendering)
+            config = dataclasses.replace(config, model=model)
+    else:
+        config = HashGridReconConfig()
+    train = config.train
+    if iterations is not None:
+        train = dataclasses.replace(train, iterations=iterations)
+    every = max(1, train.iterations // 10)
+    train = dataclasses.replace(train, seed=seed, checkpoint_every=every)
+    warm = dataclasses.replace(config.warm_start, method=warm_start)
+    if warm_start_steps is not None:
+        warm = dataclasses.replace(warm, steps=warm_start_steps)
+    return dataclasses.replace(config, train=train, warm_start=warm)
+
+
+def reconstruct(
+    projections: torch.Tensor,
+    geo: ConeBeamGeometry,
+    config: GaussianReconConfig | HashGridReconConfig,
+    volume_gt: torch.Tensor | None = None,
+    out_dir: str | Path | None = None,
+    hooks: Sequence[Hook] = (),
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """`reconstruct_gaussians` or `reconstruct_hashgrid`, by the type of `config`."""
+    if isinstance(config, GaussianReconConfig):
+        return reconstruct_gaussians(projections, geo, config, volume_gt, out_dir, hooks)
+    return reconstruct_hashgrid(projections, geo, config, volume_gt, out_dir, hooks)

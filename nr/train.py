@@ -15,9 +15,8 @@ box (R2-Gaussian rescales the scene to [-1, 1]^3) and ``volume_scale`` the
 attenuation per mm that counts as 1 (the scan's maximum). The weights then mean
 what they mean in R2-Gaussian whatever the units of the scan.
 
-Hooks: any object with ``every: int`` (optional ``start: int``, default
-``every``; optional ``loss_every: int``, default 1) and ``__call__(trainer,
-iteration) -> HookResult | None``. It is called after the optimiser step of
+Hooks (`Hook`): objects with ``every``, ``start`` and ``loss_every`` (ints >= 1) and
+``__call__(trainer, iteration) -> HookResult | None``. It is called after the optimiser step of
 iterations ``start, start + every, ...``. A returned `HookResult` replaces that
 hook's pseudo-reference from the next iteration on (one of weight 0 removes it). Hooks with
 ``state_dict``/``load_state_dict`` are checkpointed.
@@ -49,6 +48,7 @@ from nr.losses import PROJECTION_LOSSES, dssim_loss, projection_loss, ssim3d_los
 from nr.metrics import normalise, psnr3d, ssim3d
 from nr.ops.projector import check_projections
 from nr.representation import Representation
+from nr.validation import check_int
 
 SCHEDULES = ("exponential", "step")
 CHECKPOINT = "checkpoint.pt"
@@ -107,9 +107,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for name in ("iterations", "views_per_iteration", "tv_crop", "step_size"):
-            _check_int(name, getattr(self, name), 1)
+            check_int(name, getattr(self, name), 1)
         for name in ("eval_every", "checkpoint_every", "seed"):
-            _check_int(name, getattr(self, name), 0)
+            check_int(name, getattr(self, name), 0)
         for name in ("lambda_dssim", "lambda_tv"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
@@ -131,8 +131,8 @@ class TrainConfig:
         if not isinstance(views, tuple) or len(set(views)) != len(views):
             raise ValueError(f"validation_views: expected a tuple of distinct ints, got {views!r}")
         for view in views:
-            _check_int("validation_views", view, 0)
-        _check_int("validation_until", self.validation_until, 0)
+            check_int("validation_views", view, 0)
+        check_int("validation_until", self.validation_until, 0)
         if views and not 1 <= self.validation_until <= self.iterations:
             raise ValueError(
                 f"validation_until: expected an iteration in [1, {self.iterations}] with "
@@ -152,7 +152,7 @@ def validation_views(n_views: int, fraction: float) -> tuple[int, ...]:
 
     The views of a sparse scan are spread evenly over the arc, so the chosen ones are too.
     """
-    _check_int("n_views", n_views, 4)
+    check_int("n_views", n_views, 4)
     if not isinstance(fraction, (int, float)) or not 0 < fraction <= 0.25:
         raise ValueError(f"fraction: expected a number in (0, 0.25], got {fraction!r}")
     count = max(1, round(fraction * n_views))
@@ -162,11 +162,6 @@ def validation_views(n_views: int, fraction: float) -> tuple[int, ...]:
 def _resume_key(config: dict[str, Any]) -> dict[str, Any]:
     """The fields of a TrainConfig that must not change across a resume."""
     return {k: v for k, v in config.items() if k not in ("progress", "tensorboard")}
-
-
-def _check_int(name: str, value: object, minimum: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name}: expected an int >= {minimum}, got {value!r}")
 
 
 @dataclass
@@ -186,9 +181,14 @@ class HookResult:
 
 
 class Hook(Protocol):
-    """Called every `every` iterations (see the module docstring)."""
+    """Called after the optimiser step of iterations ``start, start + every, ...``; a returned
+    `HookResult` holds a pseudo-reference whose term is added every ``loss_every`` iterations
+    (module docstring). Hooks with ``state_dict``/``load_state_dict`` are checkpointed.
+    `nr.priors.protocol.PriorHook` is the one DiffNR uses."""
 
     every: int
+    start: int
+    loss_every: int
 
     def __call__(self, trainer: Trainer, iteration: int) -> HookResult | None: ...
 
@@ -249,7 +249,8 @@ class Trainer:
                 f"volume_gt: expected shape {geo.volume_shape}, got {tuple(volume_gt.shape)}"
             )
         for hook in hooks:
-            _check_int("hook.every", getattr(hook, "every", None), 1)
+            for name in ("every", "start", "loss_every"):
+                check_int(f"hook.{name}", getattr(hook, name, None), 1)
         if config.checkpoint_every and out_dir is None:
             raise ValueError("out_dir: checkpoint_every > 0 needs an out_dir")
         if config.validation_views and max(config.validation_views) >= geo.n_views:
@@ -352,7 +353,7 @@ class Trainer:
             crop = rep.query_box(self.geo, start, size) / c.volume_scale
             terms["tv"] = c.lambda_tv * tv3d_loss(crop)
         for key, result in sorted(self.references.items()):
-            if iteration % getattr(self.hooks[key], "loss_every", 1) == 0:
+            if iteration % self.hooks[key].loss_every == 0:
                 terms[f"reference{key}"] = result.weight * self._reference_loss(result)
         loss = sum(terms.values())
         self.optimizer.zero_grad(set_to_none=True)
@@ -411,8 +412,7 @@ class Trainer:
 
     def _run_hooks(self) -> None:
         for key, hook in enumerate(self.hooks):
-            start = getattr(hook, "start", hook.every)
-            if self.iteration < start or (self.iteration - start) % hook.every:
+            if self.iteration < hook.start or (self.iteration - hook.start) % hook.every:
                 continue
             result = hook(self, self.iteration)
             if result is None:

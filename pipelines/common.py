@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -18,17 +19,18 @@ import torch
 
 from nr.assets import embedded_volume
 from nr.geometry import ConeBeamGeometry
-from nr.io import Scan, Volume, load_scan, normalize_minmax, scan_from_volume, write_nifti
-from nr.io.resample import resample_cube
-from nr.metrics import psnr3d, ssim3d
-from nr.ops.noise import NoiseConfig
-from nr.ops.projector import project
-from nr.recon import (
-    GaussianReconConfig,
-    HashGridReconConfig,
-    reconstruct_gaussians,
-    reconstruct_hashgrid,
+from nr.io import (
+    Scan,
+    Volume,
+    load_scan,
+    normalize_minmax,
+    resolve_center,
+    scan_from_volume,
+    write_nifti,
 )
+from nr.io.resample import resample_cube
+from nr.metrics import scan_quality
+from nr.ops.noise import NoiseConfig
 from nr.viz import save_montage
 from nr.warm_start import METHODS as WARM_START_METHODS
 from nr.warm_start import WarmStartConfig
@@ -43,15 +45,17 @@ def add_scan_arguments(parser: argparse.ArgumentParser, default_views: int = 25)
         nargs="?",
         default=None,
         help="an R2-Gaussian case folder, a NAF .pickle, a scan folder/.npz (projections + "
-        "geometry.json), or a volume (.nii/.nii.gz/.mhd/.nrrd/.npy/.npz/DICOM folder) whose "
-        "projections are simulated; default: the embedded head phantom (128^3)",
+        "geometry.json), measured projections (.h5/.nxs Data Exchange or NeXus, a TIFF folder "
+        "with geometry.json, a FIPS .mat; docs/formats.md), or a volume (.nii/.nii.gz/.mhd/"
+        ".nrrd/.npy/.npz/DICOM folder) whose projections are simulated; default: the "
+        "embedded head phantom (128^3)",
     )
     parser.add_argument(
         "--views",
         type=int,
-        default=default_views,
-        help=f"number of projections (default {default_views}); for a measured "
-        "scan, evenly spaced views are taken from its training views",
+        default=None,
+        help=f"number of projections (default {default_views}; measured projections: all "
+        "of them); for a scan, evenly spaced views are taken from its training views",
     )
     parser.add_argument(
         "--noise",
@@ -84,17 +88,62 @@ def _subset_views(scan: Scan, views: int) -> Scan:
     )
 
 
+def add_measured_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--geometry FILE`` and ``--center``: what measured projections need."""
+    parser.add_argument(
+        "--geometry",
+        type=Path,
+        metavar="FILE",
+        help="measured projections: a geometry JSON file with what the files lack or get "
+        "wrong (mode, pixel_size, dso, dsd, angles, center_offset, ...; docs/formats.md)",
+    )
+    parser.add_argument(
+        "--center",
+        type=center_choice,
+        default=None,
+        metavar="auto|none|PIXELS",
+        help="rotation axis: estimate it (auto), keep the geometry's (none), or the detector "
+        "offset in pixels (TIGRE's offU sign); default: auto when the files do not give it",
+    )
+
+
+def center_choice(text: str) -> str | float:
+    """argparse type of ``--center``: "auto", "none" or a number of pixels."""
+    if text in ("auto", "none"):
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected auto, none or a number, got {text!r}")
+    return value
+
+
 def resolve_scan(
-    input_path: str | None, views: int, noise: str, seed: int, size: int | None = None
+    input_path: str | None,
+    views: int | None,
+    noise: str,
+    seed: int,
+    size: int | None = None,
+    *,
+    default_views: int = 25,
+    geometry: Path | None = None,
+    center: str | float | None = None,
 ) -> Scan:
     """The `Scan` a command works on, from its INPUT argument.
 
     Volumes (including the embedded default) are min-max normalised to [0, 1]
     (as R2-Gaussian and NAF prepare theirs), optionally resampled to `size`^3
     over the same physical box, and scanned with `ConeBeamGeometry.for_volume`;
-    measured scans are used as they are.
+    measured scans are used as they are. `views` None means `default_views`, except for
+    measured projections, which keep all theirs. `geometry` (a JSON file) is passed to the
+    readers of measured projections; `center` is applied by `nr.io.resolve_center` (its
+    record lands in ``scan.metadata["center"]``) before any views are dropped.
     """
-    if not isinstance(views, int) or views < 1:
+    if views is None and input_path is None:
+        views = default_views
+    if views is not None and (not isinstance(views, int) or views < 1):
         raise ValueError(f"--views: expected a positive number of views, got {views!r}")
     noise_config: bool | NoiseConfig = noise == "tigre"
     if input_path is None:
@@ -105,11 +154,17 @@ def resolve_scan(
             source="assets/head_phantom",
         )
     else:
-        loaded = load_scan(input_path)
+        loaded = load_scan(input_path, geometry)
         if isinstance(loaded, Scan):
             if size is not None:
                 raise ValueError("--size: applies to volume inputs, not to measured projections")
+            loaded, record = resolve_center(loaded, center)
+            if record["source"] == "estimated":
+                LOG.info("rotation axis: detector offset %+.2f px (estimated)", record["offset_px"])
+            if views is None:
+                views = loaded.geo.n_views if loaded.metadata.get("measured") else default_views
             return _subset_views(loaded, views)
+        views = default_views if views is None else views
         volume = dataclasses.replace(
             normalize_minmax(loaded), spacing=loaded.spacing or (1.0, 1.0, 1.0)
         )
@@ -124,28 +179,12 @@ def resolve_scan(
     scan = scan_from_volume(volume, geo, noise=noise_config, seed=seed)
     if input_path is None:
         scan.metadata["source"] = "embedded TIGRE head phantom (assets/head_phantom)"
-    return scan
-
-
-def truth_scores(volume: torch.Tensor, truth: torch.Tensor) -> dict[str, float]:
-    """PSNR and SSIM3D of `volume` against `truth`, both normalised by the truth's range."""
-    with torch.no_grad():
-        gt = truth.float()
-        low, high = float(gt.min()), float(gt.max())
-        pred_n, gt_n = (volume.float() - low) / (high - low), (gt - low) / (high - low)
-        return {"psnr": float(psnr3d(pred_n, gt_n)), "ssim": float(ssim3d(pred_n, gt_n))}
+    return resolve_center(scan, center)[0]
 
 
 def quality(volume: torch.Tensor, scan: Scan) -> dict[str, float]:
-    """PSNR/SSIM against the ground truth (when known, both normalised by its range) and the
-    relative data residual ||A x - p|| / ||p|| on the measured views."""
-    metrics: dict[str, float] = {}
-    with torch.no_grad():
-        residual = project(volume.float(), scan.geo) - scan.projections
-        metrics["data_residual"] = float(residual.norm() / scan.projections.norm())
-    if scan.volume_gt is not None:
-        metrics.update(truth_scores(volume, scan.volume_gt))
-    return metrics
+    """`nr.metrics.scan_quality` of `volume` on `scan` (truth scores when it is known)."""
+    return scan_quality(volume, scan.projections, scan.geo, scan.volume_gt)
 
 
 def _jsonable(value: Any) -> Any:
@@ -250,48 +289,3 @@ def add_nr_arguments(parser: argparse.ArgumentParser) -> None:
         help="Gaussians: training projections of the voxelized model by the scan's projector "
         "(voxel, the default) or R2-Gaussian's X-ray rasterizer (docs/gaussians.md)",
     )
-
-
-def nr_config(
-    name: str,
-    iterations: int | None,
-    seed: int,
-    warm_start: str = "asd_pocs",
-    warm_start_steps: int | None = None,
-    gaussian_rendering: str | None = None,
-    shape: tuple[int, int, int] | None = None,
-    views: int | None = None,
-):
-    """The default configuration of a neural representation ("gaussians" or "hashgrid"),
-    with the loop seeded by `seed`, the warm start of method `warm_start` (and
-    `warm_start_steps` steps unless None) and, for the Gaussians, `gaussian_rendering`
-    ("voxel" or "rasterize"; None keeps the recipe's) and the recipe sized to the (Z, Y, X)
-    grid `shape` and the number of `views` (`GaussianReconConfig.default`)."""
-    if name == "gaussians":
-        config = GaussianReconConfig.default(iterations, shape, views)
-        if gaussian_rendering is not None:
-            model = dataclasses.replace(config.model, rendering=gaussian_rendering)
-            config = dataclasses.replace(config, model=model)
-    else:
-        config = HashGridReconConfig()
-    train = (
-        config.train
-        if iterations is None
-        else dataclasses.replace(config.train, iterations=iterations)
-    )
-    # Checkpoint ten times per run (in the run folder): the same command resumes a killed run.
-    every = max(1, train.iterations // 10)
-    train = dataclasses.replace(train, seed=seed, checkpoint_every=every)
-    warm = dataclasses.replace(config.warm_start, method=warm_start)
-    if warm_start_steps is not None:
-        warm = dataclasses.replace(warm, steps=warm_start_steps)
-    return dataclasses.replace(config, train=train, warm_start=warm)
-
-
-def reconstruct(name: str, scan: Scan, config, out_dir: Path | None, hooks=()):
-    """Fit the representation `name` to `scan`; returns (volume, history)."""
-    if name == "gaussians":
-        return reconstruct_gaussians(
-            scan.projections, scan.geo, config, scan.volume_gt, out_dir, hooks
-        )
-    return reconstruct_hashgrid(scan.projections, scan.geo, config, scan.volume_gt, out_dir, hooks)

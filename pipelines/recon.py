@@ -1,7 +1,10 @@
 """Reconstruct one scan with a classical or neural method.
 
     python -m pipelines.recon --method fdk|sart|ossart|cgls|asd_pocs|hashgrid|gaussians \\
-        [INPUT] --views N --out DIR
+        [INPUT] --views N --out DIR [--geometry FILE] [--center auto|none|PIXELS]
+
+Measured projections (docs/formats.md, "Bringing your scanner's data") use all their views
+unless --views is given; their rotation axis is estimated when the files do not give it.
 
 Writes to DIR: volume.nii.gz, metrics.json (PSNR/SSIM when the ground truth is
 known, data residual, time), config.json (the resolved configuration),
@@ -29,16 +32,16 @@ from nr.ops.iterative import (
     os_sart,
     sart,
 )
+from nr.recon import recipe, reconstruct
 from nr.train import plot_curves
 from pipelines.common import (
     LOG,
     RunFolder,
+    add_measured_arguments,
     add_nr_arguments,
     add_scan_arguments,
     caption,
-    nr_config,
     quality,
-    reconstruct,
     resolve_scan,
 )
 
@@ -86,12 +89,22 @@ def main(argv: list[str] | None = None) -> dict:
         "default); checkpoints in DIR/training resume an interrupted run",
     )
     add_scan_arguments(parser, default_views=50)
+    add_measured_arguments(parser)
     add_nr_arguments(parser)
     args = parser.parse_args(argv)
 
     out = RunFolder(args.out)
     torch.manual_seed(args.seed)
-    scan = resolve_scan(args.input, args.views, args.noise, args.seed, args.size)
+    scan = resolve_scan(
+        args.input,
+        args.views,
+        args.noise,
+        args.seed,
+        args.size,
+        default_views=50,
+        geometry=args.geometry,
+        center=args.center,
+    )
     LOG.info(
         "scan: %d views of %s, volume %s",
         scan.geo.n_views,
@@ -102,20 +115,22 @@ def main(argv: list[str] | None = None) -> dict:
     if args.method in CLASSICAL:
         run, config = classical_method(args.method, args.filter)
     else:
-        config = nr_config(
+        config = recipe(
             args.method,
-            args.iterations,
-            args.seed,
-            args.warm_start,
-            args.warm_start_steps,
-            args.gaussian_rendering,
             scan.geo.volume_shape,
             scan.geo.n_views,
+            iterations=args.iterations,
+            seed=args.seed,
+            warm_start=args.warm_start,
+            warm_start_steps=args.warm_start_steps,
+            gaussian_rendering=args.gaussian_rendering,
         )
 
         def run(scan: Scan) -> torch.Tensor:
             nonlocal history
-            volume, history = reconstruct(args.method, scan, config, out.path / "training")
+            volume, history = reconstruct(
+                scan.projections, scan.geo, config, scan.volume_gt, out.path / "training"
+            )
             return volume
 
     out.write_json(
@@ -140,6 +155,8 @@ def main(argv: list[str] | None = None) -> dict:
         **quality(volume, scan),
         "seconds": seconds,
     }
+    if "center" in scan.metadata:
+        metrics["center_offset_px"] = scan.metadata["center"]["offset_px"]
     LOG.info("%s: %s in %.1f s", args.method, caption(metrics), seconds)
     out.write_volume(volume, scan.geo)
     out.write_json("metrics.json", metrics)

@@ -291,7 +291,7 @@ class CrashOnce:
     """A hook that raises once at `at`, as a killed run would stop there."""
 
     def __init__(self, at):
-        self.every, self.start, self.at, self.fired = 1, 1, at, False
+        self.every, self.start, self.loss_every, self.at, self.fired = 1, 1, 1, at, False
 
     def __call__(self, trainer, iteration):
         if iteration == self.at and not self.fired:

@@ -1,19 +1,25 @@
+"""pipelines.diffnr and the library it is a thin layer over (nr.diffnr, the prior protocol)."""
+
 import dataclasses
 import json
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
+from nr.diffnr import DiffNRConfig, loss_every_for, run_diffnr
 from nr.geometry import ConeBeamGeometry
-from nr.guard import GuardedHook, HallucinationGuard
+from nr.guard import HallucinationGuard
+from nr.io import Scan
+from nr.metrics import truth_scores
 from nr.ops.projector import project
-from nr.train import HookResult, TrainConfig, Trainer
+from nr.priors.protocol import PriorHook, PriorSchedule
+from nr.recon import recipe
+from nr.train import TrainConfig, Trainer
 from pipelines import diffnr
-from pipelines.common import truth_scores
 from slicefixer.model import SliceFixer
 from slicefixer.presets import tiny_config
+from slicefixer.prior import load_prior
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +54,7 @@ def test_diffnr_smoke_writes_every_output(small_volume, tiny_fixer, tmp_path, nr
             "8",
             "--start",
             "0.5",
-            "--refresh",
+            "--every",
             "0.25",
             "--loss-every",
             "2",
@@ -74,8 +80,10 @@ def test_diffnr_smoke_writes_every_output(small_volume, tiny_fixer, tmp_path, nr
         assert (out / name).is_file(), name
     saved = json.loads((out / "metrics.json").read_text())
     assert {"fdk", "nr_only", "diffnr", "difference", "guard", "timings_seconds"} <= set(saved)
-    assert len(saved["guard"]) == 2  # pseudo-references at iterations 4 and 6, none at 8
-    assert all(d["action"] in ("accept", "downweight", "reject") for d in saved["guard"])
+    # calls at iterations 4 and 6; none at 8, after the held-out views joined the fit at 7
+    assert [d["iteration"] for d in saved["guard"]] == [4, 6]
+    assert all(d["action"] in ("accept", "reject") for d in saved["guard"])
+    assert saved["rationale"].startswith(f"{nr} + slicefixer")
     assert saved["difference"]["psnr"] == pytest.approx(
         metrics["diffnr"]["psnr"] - metrics["nr_only"]["psnr"]
     )
@@ -90,12 +98,18 @@ class _WrongPrior:
     """A prior that hallucinates: a flipped volume with an invented blob far denser than anything
     in the scan (the data contradict it whatever the state of the fit)."""
 
-    every, start, loss_every = 2, 2, 1
+    resolution = None
 
-    def __call__(self, trainer, iteration):
-        wrong = trainer.volume().flip(2).clone()
+    def pseudo_reference(self, volume, projections, geo, volume_scale):
+        wrong = volume.flip(2).clone()
         wrong[2:6, 2:6, 2:6] += 30.0
-        return HookResult(reference=wrong, weight=1.0)
+        return wrong
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
 
 
 def test_the_guard_rejects_a_hallucinated_pseudo_reference_inside_training():
@@ -106,14 +120,13 @@ def test_the_guard_rejects_a_hallucinated_pseudo_reference_inside_training():
     truth = ((z / 6) ** 2 + (y / 5) ** 2 + (x / 6) ** 2 < 1).float()
     projections = project(truth, geo)
     score = lambda volume: truth_scores(volume, truth)  # noqa: E731
-    hook = GuardedHook(_WrongPrior(), HallucinationGuard(projections, geo), score)
+    schedule = PriorSchedule(start=2, every=2, loss_every=1)
+    hook = PriorHook(_WrongPrior(), schedule, HallucinationGuard(projections, geo), score)
     train = TrainConfig(
         iterations=6, progress=False, eval_every=0, validation_views=(2,), validation_until=4
     )
-    trainer = Trainer(
-        HashGridField(geo, FieldConfig(attenuation_bound=2.0)), projections, geo, train,
-        hooks=[hook],
-    )
+    field = HashGridField(geo, FieldConfig(attenuation_bound=2.0))
+    trainer = Trainer(field, projections, geo, train, hooks=[hook])
     trainer.run()
     # called at 2 and 4; not at 6, after view 2 joined the fit (nothing left to judge on)
     assert [call["iteration"] for call in hook.calls] == [2, 4]
@@ -121,51 +134,48 @@ def test_the_guard_rejects_a_hallucinated_pseudo_reference_inside_training():
     assert trainer.references == {}
     for call in hook.calls:
         assert call["reference_quality"]["psnr"] < call["current_quality"]["psnr"] - 10
+    with pytest.raises(TypeError, match="Prior"):
+        PriorHook(object(), schedule, HallucinationGuard(projections, geo))
 
 
 def test_axes_are_comma_separated_like_curation():
-    assert diffnr.parse(["--out", "o"]).axes == ("z",)
+    assert diffnr.parse(["--out", "o"]).axes is None  # the default's, once the scan is known
     assert diffnr.parse(["--out", "o", "--axes", "z,y,x"]).axes == ("z", "y", "x")
     for bad in ("z,w", "z,z", ","):
         with pytest.raises(SystemExit):
             diffnr.parse(["--out", "o", "--axes", bad])
 
 
-def test_diffusionblend_hook_takes_its_options(tmp_path):
+def _config(*given, shape=(16, 16, 16)):
+    geo = ConeBeamGeometry.for_volume(shape, (1.0, 1.0, 1.0), 8)
+    return diffnr.config_from_args(diffnr.parse(["--out", "o", *given]), geo)
+
+
+def test_each_prior_takes_its_options(tmp_path, tiny_fixer):
     from nr.priors.blend_model import PRESETS, BlendPrior
 
     torch.manual_seed(0)
     BlendPrior(PRESETS["tiny"]).save_pretrained(tmp_path / "blend")
-    args = diffnr.parse(
-        ["--out", "o", "--prior", "diffusionblend", "--checkpoint", str(tmp_path / "blend")]
-        + ["--blend-t0", "50", "--blend-samples", "3", "--start", "0.5", "--refresh", "0.25"]
-        + ["--loss-every", "3"]
-    )
-    hook, config = diffnr.build_hook(args, None, 100)
-    assert hook.config is config
-    assert (config.t0, config.samples, config.start, config.every) == (50, 3, 50, 25)
-    assert config.loss_every == 3
-
-
-def test_slicefixer_hook_takes_its_cg_iterations(tiny_fixer):
-    args = diffnr.parse(
-        ["--out", "o", "--checkpoint", str(tiny_fixer), "--fixer-cg", "4", "--loss-every", "10"]
-    )
-    scan = SimpleNamespace(projections=torch.zeros(6, 8, 8), geo=ConeBeamGeometry.default(8, 6))
-    assert diffnr.resolve_prior(args, scan) is None and args.prior == "slicefixer"
-    hook, config = diffnr.build_hook(args, scan, 100)
-    assert hook.config is config and config.cg_iters == 4
+    config = _config(
+        "--prior", "diffusionblend", "--checkpoint", str(tmp_path / "blend"), "--blend-t0", "40",
+        "--blend-samples", "3", "--start", "0.5", "--every", "0.25", "--loss-every", "3",
+    )  # fmt: skip
+    prior = load_prior(config)
+    assert (prior.config.t0, prior.config.samples) == (40, 3)
+    schedule = config.schedule(recipe("hashgrid", iterations=100))
+    assert (schedule.start, schedule.every, schedule.loss_every) == (50, 25, 3)
+    config = _config("--checkpoint", str(tiny_fixer), "--fixer-cg", "4", "--axes", "z,y")
+    prior = load_prior(config)
+    assert prior.config.cg_iters == 4 and prior.config.axes == ("z", "y")
+    assert load_prior(_config("--prior", "none")) is None
 
 
 def test_ssim_term_every_iteration_only_where_the_loop_rates_stay_constant():
-    assert diffnr.parse(["--out", "o"]).loss_every is None  # settled once the scan is known
-    sized = {n: diffnr.nr_config("gaussians", None, 0, shape=(n,) * 3, views=25) for n in (64, 128)}
+    sized = {n: recipe("gaussians", (n,) * 3, 25) for n in (64, 128)}
     assert sized[128].model.lr_density == sized[128].model.lr_density_final
     assert sized[64].model.lr_density > sized[64].model.lr_density_final
-    assert diffnr.loss_every_default(sized[128]) == 1
-    assert diffnr.loss_every_default(sized[64]) == 10
-    hashgrid = diffnr.nr_config("hashgrid", None, 0, shape=(128,) * 3, views=25)
-    assert diffnr.loss_every_default(hashgrid) == 10
+    assert loss_every_for(sized[128]) == 1 and loss_every_for(sized[64]) == 10
+    assert loss_every_for(recipe("hashgrid", (128,) * 3, 25)) == 10
 
 
 @pytest.fixture(scope="module")
@@ -178,33 +188,41 @@ def fixer_16px(tmp_path_factory):
     return folder
 
 
-def test_default_prior_is_off_on_slices_larger_than_the_fixer(fixer_16px):
-    def resolved(shape, *given):
-        args = diffnr.parse(["--out", "o", "--checkpoint", str(fixer_16px), *given])
-        scan = SimpleNamespace(geo=SimpleNamespace(volume_shape=shape))
-        return diffnr.resolve_prior(args, scan), args.prior
+def test_the_default_prior_follows_the_scan_size_and_a_forced_one_warns(fixer_16px):
+    small = DiffNRConfig.default(ConeBeamGeometry.default(n_voxel=64, n_views=25))
+    large = DiffNRConfig.default(ConeBeamGeometry.default(n_voxel=128, n_views=25))
+    assert small.prior == "slicefixer" and large.prior == "none"
+    assert "128 px" in large.rationale
+    geo = ConeBeamGeometry.for_volume((16, 16, 20), (1.0, 1.0, 1.0), 6)
+    truth = torch.zeros(geo.volume_shape)
+    truth[4:12, 4:12, 4:16] = 1.0
+    scan = Scan(project(truth, geo), geo, truth)
+    config = dataclasses.replace(
+        DiffNRConfig.default(geo, "hashgrid", "slicefixer"),
+        checkpoint=str(fixer_16px),
+        iterations=2,
+        warm_start_steps=0,
+    )
+    result = run_diffnr(scan, config, load_prior(config))
+    assert (
+        "16 pixels" in result.metrics["prior_warning"] and "20" in result.metrics["prior_warning"]
+    )
+    with pytest.raises(ValueError, match="load_prior"):
+        run_diffnr(scan, config, None)
 
-    assert resolved((40, 16, 16)) == (None, "slicefixer")  # axial slices of 16 x 16
-    warning, prior = resolved((16, 16, 20))
-    assert prior == "none" and "16 pixels" in warning and "20" in warning
-    assert "--prior slicefixer" in warning
-    assert resolved((40, 16, 16), "--axes", "z,y,x")[1] == "none"  # coronal slices 40 x 16
-    warning, prior = resolved((16, 16, 20), "--prior", "slicefixer")
-    assert prior == "slicefixer" and warning.startswith("--prior slicefixer given although")
-    assert resolved((16, 16, 20), "--prior", "diffusionblend") == (None, "diffusionblend")
 
-
-def test_without_a_prior_the_nr_volume_is_the_result(small_volume, fixer_16px, tmp_path):
+def test_without_a_prior_the_nr_volume_is_the_result(small_volume, tmp_path):
     out = tmp_path / "run"
     metrics = diffnr.main(
         [str(small_volume), "--nr", "hashgrid", "--views", "8", "--iterations", "4"]
-        + ["--warm-start-steps", "50", "--checkpoint", str(fixer_16px), "--out", str(out)]
+        + ["--warm-start-steps", "50", "--prior", "none", "--out", str(out)]
     )
-    assert metrics["prior"] == "none" and "prior off" in metrics["prior_warning"]
+    assert metrics["prior"] == "none" and metrics["prior_warning"] is None
     assert "diffnr" not in metrics and np.isfinite(metrics["nr_only"]["psnr"])
     assert (out / "volume.nii.gz").is_file() and not (out / "nr_only.nii.gz").exists()
     assert (out / "curves.png").is_file()
-    assert "**Warning**: prior off" in (out / "report.md").read_text()
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["nr_config"]["train"]["validation_views"] == [4]  # one of 8 views held out
 
 
 @pytest.mark.parametrize(
@@ -213,10 +231,17 @@ def test_without_a_prior_the_nr_volume_is_the_result(small_volume, fixer_16px, t
         ([], (3.0, 5, 0.125)),
         (["--nr", "hashgrid"], (1.0, 0, 1.0)),
         (["--nr", "hashgrid", "--prior", "diffusionblend"], (1.0, 0, 0.125)),
-        (["--weight", "0.5", "--fixer-cg", "2", "--refresh", "0.25"], (0.5, 2, 0.25)),
-        (["--nr", "hashgrid", "--weight", "2", "--refresh", "0.5"], (2.0, 0, 0.5)),
+        (["--weight", "0.5", "--fixer-cg", "2", "--every", "0.25"], (0.5, 2, 0.25)),
+        (["--nr", "hashgrid", "--weight", "2", "--every", "0.5"], (2.0, 0, 0.5)),
     ],
 )
-def test_hook_defaults_per_representation_unless_given(given, expected):
-    args = diffnr.parse(["--out", "o", *given])
-    assert (args.weight, args.fixer_cg, args.refresh) == expected
+def test_prior_defaults_per_representation_unless_given(given, expected):
+    config = _config(*given)
+    assert (config.weight, config.fixer_cg, config.every) == expected
+
+
+def test_bad_configurations_are_refused():
+    for bad in ({"nr": "nerf"}, {"prior": "gan"}, {"start": 0.0}, {"axes": ("z", "z")},
+                {"crop": 5}, {"blend_samples": 0}, {"warm_start": "fbp"}):  # fmt: skip
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            DiffNRConfig(**bad)

@@ -8,11 +8,12 @@ import pytest
 import torch
 
 from nr.geometry import ConeBeamGeometry
-from nr.guard import GuardedHook, HallucinationGuard
+from nr.guard import HallucinationGuard
 from nr.ops.projector import project
-from slicefixer.hook import SliceFixerHook, SliceFixerHookConfig
+from nr.priors.protocol import PriorHook, PriorSchedule
 from slicefixer.model import SliceFixer
 from slicefixer.presets import tiny_config
+from slicefixer.prior import SliceFixerPrior, SliceFixerPriorConfig
 from slicefixer.repair import repair_volume
 
 
@@ -134,37 +135,23 @@ def test_bad_inputs(scan):
         repair_volume(model, volume, projections, geo, prompt="sharpen")
 
 
-def _trainer(volume, projections, geo, held_out=()):
-    """The part of `nr.train.Trainer` the SliceFixer hook and the guard read, with `volume` as
-    its fit and `held_out` views not fitted yet."""
-    training = [v for v in range(geo.n_views) if v not in held_out]
-    return SimpleNamespace(
-        config=SimpleNamespace(iterations=10, volume_scale=1.0, validation_views=held_out),
-        volume=lambda: volume,
-        training_data=lambda: (projections[training], geo.subset(training)),
-        holding_out=bool(held_out),
-    )
-
-
-def test_hook_makes_the_repaired_volume_data_consistent_with_cg(scan):
+def test_the_prior_makes_the_repaired_volume_data_consistent_with_cg(scan):
     volume, _, geo = scan
     truth = volume.flip(2)  # the measured data disagree with the current volume
     projections = project(truth, geo)
-    trainer = _trainer(volume, projections, geo)
 
     def residual(reference):
         return float(torch.linalg.vector_norm(project(reference, geo) - projections))
 
     references = {}
     for cg_iters in (0, 2, 6):
-        config = SliceFixerHookConfig(start=1, refresh=1, cg_iters=cg_iters)
-        result = SliceFixerHook(_identity(64), config)(trainer, 1)
-        references[cg_iters] = result.reference
+        prior = SliceFixerPrior(_identity(64), SliceFixerPriorConfig(cg_iters=cg_iters))
+        references[cg_iters] = prior.pseudo_reference(volume, projections, geo, 1.0)
     torch.testing.assert_close(references[0], volume, atol=1e-5, rtol=0)
     assert residual(volume) > 1.5 * residual(references[2]) > 1.5 * residual(references[6])
     for bad in (-1, True, 1.5):
         with pytest.raises(ValueError, match="cg_iters"):
-            SliceFixerHookConfig(start=1, refresh=1, cg_iters=bad)
+            SliceFixerPriorConfig(cg_iters=bad)
 
 
 def test_the_guard_rejects_an_invented_square_that_cg_fits_to_the_fitted_views(scan):
@@ -172,17 +159,23 @@ def test_the_guard_rejects_an_invented_square_that_cg_fits_to_the_fitted_views(s
     projections = project(truth, geo)
     current = truth + 0.01 * torch.randn(truth.shape, generator=torch.Generator().manual_seed(0))
     held_out = (2, 8)
-    trainer = _trainer(current, projections, geo, held_out)
+    fitted = [v for v in range(geo.n_views) if v not in held_out]
     torch.manual_seed(0)
     fixer = HallucinatingFixer.from_config(dataclasses.replace(tiny_config(), resolution=64))
-    hook = SliceFixerHook(fixer, SliceFixerHookConfig(start=1, refresh=1, cg_iters=5))
+    prior = SliceFixerPrior(fixer, SliceFixerPriorConfig(cg_iters=5))
     guard = HallucinationGuard(projections, geo)
 
-    result = hook(trainer, 1)
-    invented = (result.reference - truth)[:, 24:34, 24:34].mean()
+    reference = prior.pseudo_reference(current, projections[fitted], geo.subset(fitted), 1.0)
+    invented = (reference - truth)[:, 24:34, 24:34].mean()
     assert invented > 0.4  # the square survives CGLS on the 10 fitted views ...
-    assert guard.check(result.reference, current, held_out, 1).action == "reject"  # ... not 2, 8
+    assert guard.check(reference, current, held_out, 1).action == "reject"  # ... not 2 and 8
 
-    guarded_hook = GuardedHook(hook, guard)
-    assert guarded_hook(trainer, 1).weight == 0.0
-    assert [call["guard"]["action"] for call in guarded_hook.calls] == ["reject"]
+    trainer = SimpleNamespace(  # what the hook reads of a Trainer
+        config=SimpleNamespace(iterations=10, volume_scale=1.0, validation_views=held_out),
+        volume=lambda: current,
+        training_data=lambda: (projections[fitted], geo.subset(fitted)),
+        holding_out=True,
+    )
+    hook = PriorHook(prior, PriorSchedule(start=1, every=1), guard)
+    assert hook(trainer, 1).weight == 0.0
+    assert [call["guard"]["action"] for call in hook.calls] == ["reject"]

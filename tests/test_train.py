@@ -122,7 +122,7 @@ def test_hook_result_with_a_crop():
     geo, gt, proj = _scan()
 
     class CropHook:
-        every = 2
+        every, start, loss_every = 2, 2, 1
 
         def __call__(self, trainer, iteration):
             return HookResult(gt, weight=0.5, crop=12)
@@ -135,7 +135,7 @@ def test_bad_hook_result_and_inputs():
     geo, gt, proj = _scan()
 
     class BadHook:
-        every = 1
+        every, start, loss_every = 1, 1, 1
 
         def __call__(self, trainer, iteration):
             return HookResult(gt[:4], weight=1.0)
@@ -168,7 +168,7 @@ import sys, torch
 from tests.test_train import RecordingHook, _scan, _trainer
 
 class Printer:
-    every = 1
+    every, start, loss_every = 1, 1, 1
     def __call__(self, trainer, iteration):
         print(iteration, flush=True)
 
@@ -254,20 +254,27 @@ class _Noise:
     """A prior whose references are noise far above the scan, drawn from torch's global generator
     as a diffusion sampler draws."""
 
-    every, start = 2, 2
+    resolution = None
 
     def __init__(self):
-        self.calls = []
+        self.calls = 0
 
-    def __call__(self, trainer, iteration):
-        self.calls.append((iteration, trainer.holding_out))
-        return HookResult(reference=3 + torch.rand(trainer.geo.volume_shape), weight=1.0)
+    def pseudo_reference(self, volume, projections, geo, volume_scale):
+        self.calls += 1
+        return 3 + torch.rand(volume.shape)
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
 
 
 def test_validation_views_are_withheld_until_their_release_and_a_rejected_prior_changes_nothing(
     monkeypatch,
 ):
-    from nr.guard import GuardedHook, HallucinationGuard
+    from nr.guard import HallucinationGuard
+    from nr.priors.protocol import PriorHook, PriorSchedule
 
     geo, gt, proj = _scan(views=10)
     held = {"validation_views": (3, 8), "validation_until": 8}
@@ -287,11 +294,11 @@ def test_validation_views_are_withheld_until_their_release_and_a_rejected_prior_
     assert projections.shape[0] == 10 and released == geo
 
     prior = _Noise()
-    guarded = GuardedHook(prior, HallucinationGuard(proj, geo))
+    guarded = PriorHook(prior, PriorSchedule(start=2, every=2), HallucinationGuard(proj, geo))
     with_prior = _trainer(geo, proj, gt, hooks=[guarded], **held)
     with_prior.run()
-    assert [it for it, _ in prior.calls] == [2, 4, 6, 8]  # not after the release
-    assert all(holding for _, holding in prior.calls)
+    assert [call["iteration"] for call in guarded.calls] == [2, 4, 6, 8]  # not after release
+    assert prior.calls == 4
     assert [call["guard"]["action"] for call in guarded.calls] == ["reject"] * 4
     assert with_prior.references == {}
     assert torch.equal(with_prior.volume(), alone.volume())

@@ -1,7 +1,8 @@
 """The X-ray transform and the classical reconstructions built on it.
 
 - `project` / `backproject`: the cone/parallel-beam X-ray transform and its exact adjoint
-  (compiled CPU kernel, torch twin elsewhere); differentiable.
+  (compiled CPU kernel, torch twin elsewhere); differentiable. `XRayOperator` holds both for
+  one scan (forward / adjoint), for solvers and samplers.
 - `fdk`: FDK (cone) / FBP (parallel) with TIGRE's filters.
 - `sart`, `os_sart`, `cgls`, `asd_pocs`: iterative baselines with TIGRE's defaults.
 - `add_tigre_noise`, `simulate_projections`: TIGRE's CTnoise model.
@@ -18,7 +19,7 @@ from nr.ops.iterative import (
     sart,
 )
 from nr.ops.noise import NoiseConfig, add_tigre_noise, simulate_projections
-from nr.ops.projector import backproject, project
+from nr.ops.projector import XRayOperator, backproject, project
 
 __all__ = [
     "FILTERS",
@@ -26,6 +27,7 @@ __all__ = [
     "CGLSConfig",
     "NoiseConfig",
     "SARTConfig",
+    "XRayOperator",
     "add_tigre_noise",
     "asd_pocs",
     "backproject",

@@ -161,6 +161,27 @@ def backproject(
     return _Backproject.apply(projections, op)
 
 
+@dataclass(frozen=True)
+class XRayOperator:
+    """The X-ray transform of one scan as a linear operator A (for solvers and samplers).
+
+    Attributes:
+        geo: the scan.
+        backend: as `project`.
+    """
+
+    geo: ConeBeamGeometry
+    backend: str = "auto"
+
+    def forward(self, volume: torch.Tensor) -> torch.Tensor:
+        """A x: (Z, Y, X) -> (N, V, U) (`project`)."""
+        return project(volume, self.geo, backend=self.backend)
+
+    def adjoint(self, projections: torch.Tensor) -> torch.Tensor:
+        """A^T y: (N, V, U) -> (Z, Y, X) (`backproject`)."""
+        return backproject(projections, self.geo, backend=self.backend)
+
+
 def check_projections(
     projections: object,
     geo: ConeBeamGeometry | None,

@@ -16,7 +16,7 @@ import torch
 
 from nr.geometry import ConeBeamGeometry
 from nr.ops.fdk import fdk
-from nr.ops.projector import backproject, check_projections, project
+from nr.ops.projector import XRayOperator, check_projections
 from nr.priors.blend_model import BlendPrior
 from nr.priors.sampler import BlendSampler, BlendSamplerConfig, IntensityMap, SamplerStats
 from nr.warm_start import classical_start
@@ -105,8 +105,8 @@ def reconstruct_blend(
             )
     intensity = IntensityMap(0.0, high)
     sampler = BlendSampler(model, config.sampler)
-    A = lambda v: project(v, geo)  # noqa: E731
-    AT = lambda p: backproject(p, geo)  # noqa: E731
+    operator = XRayOperator(geo)
+    A, AT = operator.forward, operator.adjoint
     start = None
     if config.init not in ("noise", "fdk"):
         start = classical_start(projections, geo, config.init).to(projections.device)

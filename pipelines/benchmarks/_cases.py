@@ -53,3 +53,17 @@ def volumes(size: int, names: list[str] | None = None) -> dict[str, np.ndarray]:
 def geometry(size: int, views: int) -> ConeBeamGeometry:
     """The scan of a benchmark volume: `views` angles over 360 degrees of a 256 mm box."""
     return dense_geometry((size,) * 3, CurationConfig(views=(views,), dense_views=views))
+
+
+def split_volume(name: str, size: int) -> np.ndarray:
+    """The (size, size, size) float32 volume in [0, 1] of the development volume `name` (a
+    name of ``data_curation/splits.json``), from the development folder or its ``corpus``,
+    prepared as `volumes` prepares them."""
+    folder = data_dir()
+    if folder is None:
+        raise FileNotFoundError("the development volumes are absent (set NR_BENCH_DATA)")
+    for path in (folder / f"{name}.npz", folder / "corpus" / f"{name}.npz"):
+        if path.is_file():
+            source = VolumeSource(str(path), name, "", "", None)
+            return load_clean_volume(source, CurationConfig(views=(25,), size=size))
+    raise FileNotFoundError(f"volume {name}: no {name}.npz in {folder} or its corpus")

@@ -17,9 +17,9 @@ from nr.geometry import ConeBeamGeometry
 from nr.io import Volume, read_volume, scan_from_volume
 from nr.ops.fdk import fdk
 from nr.ops.iterative import sart
-from nr.ops.projector import backproject, project
-from nr.priors.blend_hook import BlendHookConfig
+from nr.ops.projector import XRayOperator
 from nr.priors.blend_model import PRESETS, BlendPrior
+from nr.priors.blend_prior import DiffusionBlendPriorConfig
 from nr.priors.blend_recon import BlendReconConfig, reconstruct_blend
 from nr.priors.blend_train import prepare_volume
 from nr.priors.sampler import BlendSampler, BlendSamplerConfig, IntensityMap
@@ -31,7 +31,7 @@ TITLE = "DiffusionBlend"
 SEEN_IN_TRAINING = "vtkjs_lidc2_chest_ct_u8.npz"
 VIEWS = 25
 SAMPLES = BlendReconConfig().samples
-HOOK = BlendHookConfig()
+DIFFNR_PRIOR = DiffusionBlendPriorConfig()
 
 
 def _trained_model() -> tuple[BlendPrior, str] | None:
@@ -66,13 +66,17 @@ def _ground_truths(quick: bool, resolution: int) -> dict[str, torch.Tensor]:
 
 def _speed_rows(model: BlendPrior, scan, quick: bool) -> list[str]:
     geo, projections = scan.geo, scan.projections
-    A = lambda v: project(v, geo)  # noqa: E731
-    AT = lambda p: backproject(p, geo)  # noqa: E731
+    operator = XRayOperator(geo)
+    A, AT = operator.forward, operator.adjoint
     intensity = IntensityMap(0.0, float(scan.volume_gt.max()))
     cases = [
         ("standalone, from noise (t0 = 999)", 999, 2 if quick else 50),
         ("standalone, FDK start", 500, 2 if quick else 25),
-        ("DiffNR hook (one refresh)", HOOK.t0, 2 if quick else HOOK.sampler.steps),
+        (
+            "DiffNR prior (one reference)",
+            DIFFNR_PRIOR.t0,
+            2 if quick else DIFFNR_PRIOR.sampler.steps,
+        ),
     ]
     start = fdk(projections, geo)
     rows = []

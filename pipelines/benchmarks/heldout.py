@@ -25,16 +25,16 @@ from typing import Any
 
 import torch
 
-from data_curation.config import CurationConfig
 from data_curation.splits import load_splits
-from data_curation.volume import VolumeSource, load_clean_volume
+from nr.diffnr import DiffNRConfig, run_diffnr
 from nr.io import Scan, read_scan, write_scan
+from nr.metrics import truth_scores
 from nr.ops.fdk import fdk
 from nr.ops.iterative import asd_pocs
 from nr.ops.noise import simulate_projections
-from pipelines import diffnr
-from pipelines.benchmarks._cases import data_dir, geometry
-from pipelines.common import nr_config, reconstruct, truth_scores
+from nr.recon import recipe, reconstruct
+from pipelines.benchmarks._cases import geometry, split_volume
+from slicefixer.prior import load_prior
 
 TITLE = "DiffNR on held-out volumes"
 ROWS = Path(__file__).resolve().parents[2] / "docs" / "heldout_rows.jsonl"
@@ -43,25 +43,12 @@ SIZES, VIEWS = (64, 128), (10, 25)
 NRS, PRIORS = ("gaussians", "hashgrid"), ("slicefixer", "diffusionblend")
 
 
-def _volume_file(name: str) -> Path:
-    folder = data_dir()
-    if folder is None:
-        raise FileNotFoundError(
-            "the development volumes are absent (set NR_BENCH_DATA to their folder)"
-        )
-    for candidate in (folder / f"{name}.npz", folder / "corpus" / f"{name}.npz"):
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError(f"held-out volume {name}: no {name}.npz in {folder} or its corpus")
-
-
 def _scan(name: str, size: int, views: int) -> Path:
     """The case's scan file (written once under WORK)."""
     path = WORK / "cases" / f"{name}_{size}_{views}" / "scan.npz"
     if path.is_file():
         return path
-    source = VolumeSource(str(_volume_file(name)), name, "", "", None)
-    truth = torch.from_numpy(load_clean_volume(source, CurationConfig(views=(views,), size=size)))
+    truth = torch.from_numpy(split_volume(name, size))
     geo = geometry(size, views)
     projections = simulate_projections(truth, geo, noise=True, seed=0).float()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -98,19 +85,25 @@ def _classical(job: dict[str, Any], scan_file: Path) -> dict[str, Any]:
     elif job["method"] == "asd_pocs":
         volume = asd_pocs(scan.projections, scan.geo, progress=False)
     else:
-        config = nr_config(job["nr"], None, 0, shape=scan.geo.volume_shape, views=scan.geo.n_views)
+        config = recipe(job["nr"], scan.geo.volume_shape, scan.geo.n_views)
         out = WORK / "runs" / _key(job).replace("/", "_")
-        volume, _ = reconstruct(job["nr"], scan, config, out)
+        volume, _ = reconstruct(scan.projections, scan.geo, config, scan.volume_gt, out)
     return {**truth_scores(volume, scan.volume_gt), "seconds": time.perf_counter() - started}
 
 
 def _neural(job: dict[str, Any], scan_file: Path) -> dict[str, Any]:
+    """The NR alone (prior "none", under the guard's protocol) or DiffNR with a prior, with
+    the defaults of `DiffNRConfig.default` for that prior."""
+    scan = read_scan(scan_file)
+    config = DiffNRConfig.default(scan.geo, job["nr"], job["prior"])
     out = WORK / "runs" / _key(job).replace("/", "_")
-    args = [str(scan_file), "--nr", job["nr"], "--prior", job["prior"], "--out", str(out)]
-    metrics = diffnr.main(args)
-    result = metrics["diffnr" if job["prior"] != "none" else "nr_only"]
-    seconds = metrics["timings_seconds"]["diffnr" if job["prior"] != "none" else "nr_only"]
-    row = {"psnr": result["psnr"], "ssim": result["ssim"], "seconds": seconds}
+    metrics = run_diffnr(scan, config, load_prior(config), out_dir=out).metrics
+    name = "nr_only" if job["prior"] == "none" else "diffnr"
+    row = {
+        "psnr": metrics[name]["psnr"],
+        "ssim": metrics[name]["ssim"],
+        "seconds": metrics["timings_seconds"][name],
+    }
     row["calls"] = [
         {
             "iteration": call["iteration"],
