@@ -79,7 +79,8 @@ setup(
         "surface-distance>=0.1",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist>=3", "ruff>=0.5"],
+        # itk-rtk: RTK, the independent CPU reference of tests/test_rtk.py (skipped without it).
+        "test": ["pytest>=8", "pytest-xdist>=3", "ruff>=0.5", "itk-rtk>=2.7"],
         "bench": ["astra-toolbox>=2.1"],
         "cluster": ["dask[distributed]>=2024.1"],
         "logging": ["tensorboard>=2.14"],
