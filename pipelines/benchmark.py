@@ -10,19 +10,18 @@ the exact command, the date and the machine it ran on.
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import importlib
 import os
 import pkgutil
 import platform
 import re
-import sys
 from pathlib import Path
 
 import torch
 
 import pipelines.benchmarks as topics_package
+from pipelines.common import CommandParser, run_command
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "BENCHMARKS.md"
 HEADER = (
@@ -76,11 +75,7 @@ def write_section(topic: str, title: str, command: str, body: str, doc: Path = D
 
 def main(argv: list[str] | None = None) -> None:
     names = available_topics()
-    parser = argparse.ArgumentParser(
-        prog="python -m pipelines.benchmark",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = CommandParser("python -m pipelines.benchmark", __doc__)
     parser.add_argument(
         "topics",
         nargs="+",
@@ -101,4 +96,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_command(main)

@@ -289,3 +289,49 @@ def add_nr_arguments(parser: argparse.ArgumentParser) -> None:
         help="Gaussians: training projections of the voxelized model by the scan's projector "
         "(voxel, the default) or R2-Gaussian's X-ray rasterizer (docs/gaussians.md)",
     )
+
+
+# Failures a user can cause and fix (bad or missing input, bad option values, missing weights
+# or optional packages): one line on stderr and exit status 2, no traceback.
+EXPECTED_ERRORS = (
+    FileNotFoundError,
+    FileExistsError,
+    NotADirectoryError,
+    IsADirectoryError,
+    PermissionError,
+    ValueError,
+    TypeError,
+    ImportError,
+)
+
+
+class CommandParser(argparse.ArgumentParser):
+    """The commands' argument parser: a bad option ends in one line ``error: ...`` on stderr
+    and exit status 2 (not argparse's usage and message); ``--debug`` is every command's."""
+
+    def __init__(self, prog: str, description: str | None) -> None:
+        super().__init__(
+            prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+        )
+        self.add_argument(
+            "--debug", action="store_true", help="on an error, show the full Python traceback"
+        )
+
+    def error(self, message: str) -> None:
+        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def run_command(main: Any, argv: list[str] | None = None) -> Any:
+    """Run a command's ``main(argv)`` as a program: an expected failure (`EXPECTED_ERRORS`) is
+    printed as one line ``error: <what> (<remedy>)`` with exit status 2, its traceback only
+    with ``--debug``. Returns what `main` returns."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        return main(argv)
+    except EXPECTED_ERRORS as error:
+        if "--debug" in argv:
+            raise
+        text = " ".join(str(error).split()) or type(error).__name__
+        print(f"error: {text}", file=sys.stderr)
+        raise SystemExit(2) from None

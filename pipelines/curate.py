@@ -20,7 +20,7 @@ from data_curation import CurationConfig, available, curate
 from data_curation.config import AXES, SLICE_DTYPES, SUBSET_KINDS
 from data_curation.engine import find_volumes, resolve_config
 from data_curation.splits import refuse_heldout
-from pipelines.common import LOG, RunFolder, slice_axes
+from pipelines.common import LOG, CommandParser, RunFolder, run_command, slice_axes
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -57,8 +57,7 @@ def _override(text: str) -> tuple[str, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.curate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = CommandParser("python -m pipelines.curate", __doc__)
     default = CurationConfig()
     add = parser.add_argument
     add("--volumes", nargs="+", required=True, type=Path,
@@ -142,4 +141,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    sys.exit(1 if main(sys.argv[1:])["failed"] else 0)
+    sys.exit(1 if run_command(main)["failed"] else 0)

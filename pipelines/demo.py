@@ -8,15 +8,14 @@ given as the only argument).
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
 from pipelines import diffnr
+from pipelines.common import run_command
 
 
-def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
+def main(argv: list[str]) -> None:
     out = Path(argv[0]) if argv else Path("out/demo")
     started = time.perf_counter()
     print(f"demo: DiffNR (Gaussians + compact SliceFixer) vs Gaussians alone on the embedded "
@@ -26,4 +25,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

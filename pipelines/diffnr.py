@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 from typing import Any
 
 import torch
@@ -26,11 +25,13 @@ from nr.guard import GuardConfig
 from nr.train import plot_curves
 from pipelines.common import (
     LOG,
+    CommandParser,
     RunFolder,
     add_nr_arguments,
     add_scan_arguments,
     caption,
     resolve_scan,
+    run_command,
     slice_axes,
 )
 from slicefixer.prior import load_prior
@@ -40,11 +41,7 @@ OVERRIDABLE = {f.name for f in dataclasses.fields(DiffNRConfig)} - {"nr", "prior
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m pipelines.diffnr",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = CommandParser("python -m pipelines.diffnr", __doc__)
     add_scan_arguments(parser, default_views=25)
     add_nr_arguments(parser)
     add = parser.add_argument
@@ -93,12 +90,12 @@ def config_from_args(args: argparse.Namespace, scan_geo) -> DiffNRConfig:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse(argv)
-    out = RunFolder(args.out)
     torch.manual_seed(args.seed)
     scan = resolve_scan(args.input, args.views, args.noise, args.seed, args.size)
-    LOG.info("scan: %d views, volume %s", scan.geo.n_views, "x".join(map(str, scan.geo.n_voxel)))
     config = config_from_args(args, scan.geo)
     prior = load_prior(config)
+    out = RunFolder(args.out)  # only once the inputs are known to be good: no partial output
+    LOG.info("scan: %d views, volume %s", scan.geo.n_views, "x".join(map(str, scan.geo.n_voxel)))
     out.write_json(
         "config.json",
         {
@@ -193,4 +190,4 @@ def report(metrics: dict[str, Any], source: str | None) -> str:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_command(main)

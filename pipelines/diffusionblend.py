@@ -15,8 +15,6 @@ montage.png and run.log.
 
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
 
 import torch
@@ -25,7 +23,16 @@ from nr.assets import assets_dir
 from nr.priors.blend_model import BlendPrior
 from nr.priors.blend_recon import INITS, BlendReconConfig, reconstruct_blend
 from nr.priors.sampler import BlendSamplerConfig
-from pipelines.common import LOG, RunFolder, add_scan_arguments, caption, quality, resolve_scan
+from pipelines.common import (
+    LOG,
+    CommandParser,
+    RunFolder,
+    add_scan_arguments,
+    caption,
+    quality,
+    resolve_scan,
+    run_command,
+)
 
 ASSET = "diffusionblend"
 
@@ -43,11 +50,7 @@ def model_folder(path: Path | None) -> Path:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(
-        prog="python -m pipelines.diffusionblend",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = CommandParser("python -m pipelines.diffusionblend", __doc__)
     parser.add_argument("--model", type=Path, default=None, help="trained model folder")
     defaults, sampler_defaults = BlendReconConfig(), BlendSamplerConfig()
     parser.add_argument("--steps", type=int, default=sampler_defaults.steps)
@@ -91,9 +94,9 @@ def main(argv: list[str] | None = None) -> dict:
         intensity_high=args.intensity_high,
         seed=args.seed,
     )
-    out = RunFolder(args.out)
     torch.manual_seed(args.seed)
     scan = resolve_scan(args.input, args.views, args.noise, args.seed, args.size)
+    out = RunFolder(args.out)  # only once the inputs are known to be good: no partial output
     LOG.info(
         "scan: %d views, volume %s; model %s (resolution %d)",
         scan.geo.n_views,
@@ -146,4 +149,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_command(main)

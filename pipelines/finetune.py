@@ -25,6 +25,7 @@ import torch
 from data_curation import PairDataset
 from data_curation.manifest import MANIFEST
 from data_curation.splits import refuse_heldout
+from pipelines.common import CommandParser, run_command
 from slicefixer.finetune import FinetuneConfig, finetune, model_factory, preset_defaults
 
 LOG = logging.getLogger("pipelines.finetune")
@@ -36,8 +37,7 @@ def _names(text: str) -> tuple[str, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.finetune", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = CommandParser("python -m pipelines.finetune", __doc__)
     add = parser.add_argument
     add("--preset", choices=("compact", "sd-turbo", "tiny"), default="compact",
         help="model and recipe (tiny: a 0.1 M-parameter model for smoke tests)")
@@ -123,4 +123,4 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_command(main)

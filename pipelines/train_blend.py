@@ -15,7 +15,6 @@ voxels are taken as isotropic. Outputs in DIR: ``model/`` (EMA weights for
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
@@ -26,6 +25,7 @@ from nr.io import read_volume
 from nr.io.volumes import ITK_SUFFIXES, NIFTI_SUFFIXES, NUMPY_SUFFIXES
 from nr.priors.blend_model import PRESETS
 from nr.priors.blend_train import BlendTrainConfig, prepare_volume, train_blend
+from pipelines.common import CommandParser, run_command
 
 SUFFIXES = NIFTI_SUFFIXES + ITK_SUFFIXES + NUMPY_SUFFIXES
 
@@ -65,11 +65,7 @@ def manifest_spacing(path: Path) -> tuple[float, float, float] | None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m pipelines.train_blend",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = CommandParser("python -m pipelines.train_blend", __doc__)
     parser.add_argument("--volumes", nargs="+", required=True, help="volume files or folders")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument(
@@ -135,4 +131,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_command(main)
