@@ -39,6 +39,10 @@ from nr.warm_start import METHODS as WARM_START_METHODS
 LOG = logging.getLogger("nr")
 PRIORS = ("slicefixer", "diffusionblend", "none")
 AXES = ("z", "y", "x")
+# The default prior up to SHIPPED_RESOLUTION-pixel slices, and that resolution (docs/diffnr.md,
+# "Defaults"; held-out figures in docs/BENCHMARKS.md, "DiffNR on held-out volumes").
+DEFAULT_PRIOR = "diffusionblend"
+SHIPPED_RESOLUTION = 64
 
 
 @dataclass(frozen=True)
@@ -69,7 +73,7 @@ class DiffNRConfig:
     """
 
     nr: str = "gaussians"
-    prior: str = "slicefixer"
+    prior: str = DEFAULT_PRIOR
     checkpoint: str | None = None
     start: float = 0.5
     every: float = 0.125
@@ -135,12 +139,18 @@ class DiffNRConfig:
         """
         side = max(int(n) for n in geo.volume_shape[1:])
         if prior is None:
-            prior, why = "slicefixer", f"slices of {side} px <= the shipped priors' 64 px"
-            if side > 64:
+            prior, why = (
+                DEFAULT_PRIOR,
+                (
+                    f"slices of {side} px <= the shipped priors' {SHIPPED_RESOLUTION} px; "
+                    "DiffusionBlend gained more than the SliceFixer on the held-out benchmark"
+                ),
+            )
+            if side > SHIPPED_RESOLUTION:
                 prior = "none"
                 why = (
-                    f"slices of {side} px exceed the shipped priors' 64 px: the prior is off "
-                    "(docs/diffnr.md)"
+                    f"slices of {side} px exceed the shipped priors' {SHIPPED_RESOLUTION} px: "
+                    "the prior is off"
                 )
         else:
             why = f"prior {prior} chosen by the caller"

@@ -5,9 +5,7 @@
         projections, geo, GaussianReconConfig.default(shape=geo.volume_shape, views=geo.n_views)
     )
 
-Both start with an FDK reconstruction of the projections (all but the loop's validation
-views, ``TrainConfig.validation_views``, which nothing sees before the loop releases them):
-its 99.9th percentile is the
+Both start with an FDK reconstruction of the projections: its 99.9th percentile is the
 attenuation that counts as 1 in the losses (``TrainConfig.volume_scale``, see `nr.train`).
 The hash-grid recipe also sets the field's output range and initial value from it. Both
 then warm up on a classical reconstruction (`nr.warm_start`, ASD-POCS by default): the
@@ -123,9 +121,8 @@ def reconstruct_hashgrid(
         raise TypeError(f"config: expected a HashGridReconConfig, got {type(config).__name__}")
     check_projections(projections, geo)
     called = time.perf_counter()
-    seen, seen_geo = _views_before_loop(projections, geo, config.train)
     if config.auto_scale:
-        reference = fdk(seen.float().cpu(), seen_geo)
+        reference = fdk(projections.float().cpu(), geo)
         scale = _fdk_scale(reference)
         bound = config.bound_factor * scale
         mean = float(reference.flatten()[::7].clamp(min=0).mean())
@@ -143,7 +140,7 @@ def reconstruct_hashgrid(
             config, field=dataclasses.replace(config.field, coarse_iterations=coarse)
         )
     began = time.perf_counter()
-    start = classical_start(seen, seen_geo, config.warm_start.method)
+    start = classical_start(projections, geo, config.warm_start.method)
     warm = {"start_seconds": time.perf_counter() - began}
     field = HashGridField(geo, config.field).to(projections.device)
     warm |= _warm_up(field, geo, start, config.train, config.warm_start, volume_gt, out_dir)
@@ -282,8 +279,7 @@ def reconstruct_gaussians(
         raise TypeError(f"config: expected a GaussianReconConfig, got {type(config).__name__}")
     check_projections(projections, geo)
     called = time.perf_counter()
-    seen, seen_geo = _views_before_loop(projections, geo, config.train)
-    reference = fdk(seen.float().cpu(), seen_geo)
+    reference = fdk(projections.float().cpu(), geo)
     unit = 1.0
     if config.auto_scale:
         unit = _fdk_scale(reference)
@@ -293,7 +289,7 @@ def reconstruct_gaussians(
             train=dataclasses.replace(config.train, volume_scale=unit),
         )
     began = time.perf_counter()
-    start = classical_start(seen, seen_geo, config.warm_start.method)
+    start = classical_start(projections, geo, config.warm_start.method)
     warm = {"start_seconds": time.perf_counter() - began}
     seed_volume = reference if start is None else start
     means, densities, scales = initial_points(geo, config.init, seed_volume, unit)
@@ -338,17 +334,6 @@ def _warm_up(
         with torch.no_grad():
             record["fitted_psnr"] = float(psnr3d(representation.to_volume(geo).cpu(), volume_gt))
     return record
-
-
-def _views_before_loop(
-    projections: torch.Tensor, geo: ConeBeamGeometry, train: TrainConfig
-) -> tuple[torch.Tensor, ConeBeamGeometry]:
-    """The (N', V, U) projections and geometry of the views the fit may see before its loop:
-    all but ``train.validation_views``, so that the warm start does not see them either."""
-    views = train.training_views(geo.n_views, 0)
-    if len(views) == geo.n_views:
-        return projections, geo
-    return projections[views], geo.subset(views)
 
 
 def _fdk_scale(reference: torch.Tensor) -> float:

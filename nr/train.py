@@ -78,8 +78,8 @@ class TrainConfig:
         checkpoint_every: iterations between checkpoints (needs an out_dir); 0 = never.
         seed: seeds torch, numpy, Python and the loop's own generator.
         validation_views: view indices withheld from the loss up to and including iteration
-            `validation_until`, so that a guard can judge pseudo-references on data the fit
-            has not seen (`nr.guard`); they join the loss after it. Empty: none withheld.
+            `validation_until`, so that a guard can judge pseudo-references on data the loop
+            has not fitted (`nr.guard`); they join the loss after it. Empty: none withheld.
         validation_until: last iteration at which `validation_views` are withheld.
         progress: show a tqdm progress bar.
         tensorboard: log scalars to ``out_dir/tensorboard`` (needs tensorboard).

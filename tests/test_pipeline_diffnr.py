@@ -60,6 +60,8 @@ def test_diffnr_smoke_writes_every_output(small_volume, tiny_fixer, tmp_path, nr
             "2",
             "--warm-start-steps",
             "100",
+            "--prior",
+            "slicefixer",
             "--checkpoint",
             str(tiny_fixer),
             "--compare",
@@ -164,7 +166,9 @@ def test_each_prior_takes_its_options(tmp_path, tiny_fixer):
     assert (prior.config.t0, prior.config.samples) == (40, 3)
     schedule = config.schedule(recipe("hashgrid", iterations=100))
     assert (schedule.start, schedule.every, schedule.loss_every) == (50, 25, 3)
-    config = _config("--checkpoint", str(tiny_fixer), "--fixer-cg", "4", "--axes", "z,y")
+    config = _config(
+        "--prior", "slicefixer", "--checkpoint", str(tiny_fixer), "--fixer-cg", "4", "--axes", "z,y"
+    )  # fmt: skip
     prior = load_prior(config)
     assert prior.config.cg_iters == 4 and prior.config.axes == ("z", "y")
     assert load_prior(_config("--prior", "none")) is None
@@ -191,7 +195,7 @@ def fixer_16px(tmp_path_factory):
 def test_the_default_prior_follows_the_scan_size_and_a_forced_one_warns(fixer_16px):
     small = DiffNRConfig.default(ConeBeamGeometry.default(n_voxel=64, n_views=25))
     large = DiffNRConfig.default(ConeBeamGeometry.default(n_voxel=128, n_views=25))
-    assert small.prior == "slicefixer" and large.prior == "none"
+    assert small.prior == "diffusionblend" and large.prior == "none"
     assert "128 px" in large.rationale
     geo = ConeBeamGeometry.for_volume((16, 16, 20), (1.0, 1.0, 1.0), 6)
     truth = torch.zeros(geo.volume_shape)
@@ -229,8 +233,8 @@ def test_without_a_prior_the_nr_volume_is_the_result(small_volume, tmp_path):
     "given, expected",
     [
         ([], (3.0, 5, 0.125)),
-        (["--nr", "hashgrid"], (1.0, 0, 1.0)),
-        (["--nr", "hashgrid", "--prior", "diffusionblend"], (1.0, 0, 0.125)),
+        (["--nr", "hashgrid"], (1.0, 0, 0.125)),
+        (["--nr", "hashgrid", "--prior", "slicefixer"], (1.0, 0, 1.0)),
         (["--weight", "0.5", "--fixer-cg", "2", "--every", "0.25"], (0.5, 2, 0.25)),
         (["--nr", "hashgrid", "--weight", "2", "--every", "0.5"], (2.0, 0, 0.5)),
     ],
