@@ -68,6 +68,9 @@ setup(
         "nibabel>=5.0",
         "SimpleITK>=2.3",
         "pydicom>=2.4",
+        # Measured projections: Data Exchange / NeXus HDF5 and TIFF folders (nr/io/measured.py).
+        "h5py>=3.8",
+        "tifffile>=2023.1",
         "tqdm>=4.60",
         "matplotlib>=3.7",
         "safetensors>=0.4",

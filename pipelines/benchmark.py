@@ -85,13 +85,16 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--quick", action="store_true", help="smaller sizes (smoke run)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs untouched")
+    parser.add_argument("--scan", type=Path, help="measured: the measured scan (docs/formats.md)")
     args = parser.parse_args(argv)
     for topic in args.topics:
         module = importlib.import_module(f"pipelines.benchmarks.{topic}")
-        body = module.run(quick=args.quick)
+        scan = {"scan": args.scan} if getattr(module, "NEEDS_SCAN", False) else {}
+        body = module.run(quick=args.quick, **scan)
         print(f"## {module.TITLE}\n\n{body}\n")
         if not args.no_write:
             command = "python -m pipelines.benchmark " + topic + (" --quick" if args.quick else "")
+            command += f" --scan {args.scan}" if scan else ""
             write_section(topic, module.TITLE, command, body)
 
 

@@ -54,8 +54,8 @@ def add_scan_arguments(parser: argparse.ArgumentParser, default_views: int = 25)
         "--views",
         type=int,
         default=None,
-        help=f"number of projections (default {default_views}; measured projections: all "
-        "of them); for a scan, evenly spaced views are taken from its training views",
+        help=f"number of projections: simulated from a volume (default {default_views}), or "
+        "evenly spaced views taken from a scan's training views (default: all of them)",
     )
     parser.add_argument(
         "--noise",
@@ -136,8 +136,9 @@ def resolve_scan(
     Volumes (including the embedded default) are min-max normalised to [0, 1]
     (as R2-Gaussian and NAF prepare theirs), optionally resampled to `size`^3
     over the same physical box, and scanned with `ConeBeamGeometry.for_volume`;
-    measured scans are used as they are. `views` None means `default_views`, except for
-    measured projections, which keep all theirs. `geometry` (a JSON file) is passed to the
+    measured scans are used as they are. `views` None means `default_views` for volumes and
+    all the training views of a scan (R2-Gaussian case, NAF pickle, scan folder, measured
+    projections). `geometry` (a JSON file) is passed to the
     readers of measured projections; `center` is applied by `nr.io.resolve_center` (its
     record lands in ``scan.metadata["center"]``) before any views are dropped.
     """
@@ -161,9 +162,7 @@ def resolve_scan(
             loaded, record = resolve_center(loaded, center)
             if record["source"] == "estimated":
                 LOG.info("rotation axis: detector offset %+.2f px (estimated)", record["offset_px"])
-            if views is None:
-                views = loaded.geo.n_views if loaded.metadata.get("measured") else default_views
-            return _subset_views(loaded, views)
+            return _subset_views(loaded, loaded.geo.n_views if views is None else views)
         views = default_views if views is None else views
         volume = dataclasses.replace(
             normalize_minmax(loaded), spacing=loaded.spacing or (1.0, 1.0, 1.0)

@@ -14,8 +14,6 @@ run.log; neural methods also write curves.png.
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
 from collections.abc import Callable
 
@@ -36,6 +34,7 @@ from nr.recon import recipe, reconstruct
 from nr.train import plot_curves
 from pipelines.common import (
     LOG,
+    CommandParser,
     RunFolder,
     add_measured_arguments,
     add_nr_arguments,
@@ -43,6 +42,7 @@ from pipelines.common import (
     caption,
     quality,
     resolve_scan,
+    run_command,
 )
 
 CLASSICAL = ("fdk", "sart", "ossart", "cgls", "asd_pocs")
@@ -69,11 +69,7 @@ def classical_method(name: str, filter_name: str) -> tuple[Callable[[Scan], torc
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(
-        prog="python -m pipelines.recon",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = CommandParser("python -m pipelines.recon", __doc__)
     parser.add_argument("--method", required=True, choices=CLASSICAL + NEURAL)
     parser.add_argument(
         "--filter",
@@ -93,7 +89,6 @@ def main(argv: list[str] | None = None) -> dict:
     add_nr_arguments(parser)
     args = parser.parse_args(argv)
 
-    out = RunFolder(args.out)
     torch.manual_seed(args.seed)
     scan = resolve_scan(
         args.input,
@@ -105,6 +100,7 @@ def main(argv: list[str] | None = None) -> dict:
         geometry=args.geometry,
         center=args.center,
     )
+    out = RunFolder(args.out)  # only once the inputs are known to be good: no partial output
     LOG.info(
         "scan: %d views of %s, volume %s",
         scan.geo.n_views,
@@ -169,4 +165,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_command(main)

@@ -15,15 +15,12 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from peft import LoraConfig, get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from slicefixer.presets import SliceFixerConfig, build_components, load_sd_turbo_components
-
-if TYPE_CHECKING:
-    from slicefixer.model import SliceFixer
 
 FORMAT = "slicefixer"
 FORMAT_VERSION = 1
@@ -32,7 +29,7 @@ WEIGHTS_NAME = "model.safetensors"
 ADAPTERS = {"unet": "unet_lora", "vae": "vae_lora"}
 
 
-def _saved_state(model: SliceFixer) -> dict:
+def _saved_state(model: nn.Module) -> dict:
     if model.config.sources is None:
         state = model.state_dict()
     else:
@@ -45,8 +42,9 @@ def _saved_state(model: SliceFixer) -> dict:
             if "lora_" not in key}
 
 
-def save(model: SliceFixer, directory: str | Path) -> None:
-    """Write ``model`` to ``directory`` (created; replaced as a whole, atomically)."""
+def save(model: nn.Module, directory: str | Path) -> None:
+    """Write the `slicefixer.model.SliceFixer` ``model`` to ``directory`` (created; replaced as a
+    whole, atomically)."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
@@ -92,9 +90,10 @@ def read_header(directory: Path) -> dict:
     return header
 
 
-def load(cls: type[SliceFixer], directory: str | Path,
-         sources: dict[str, str] | None = None) -> SliceFixer:
-    """Rebuild the model of a checkpoint folder (see the module docstring)."""
+def load(cls: type[nn.Module], directory: str | Path,
+         sources: dict[str, str] | None = None) -> nn.Module:
+    """Rebuild the model of a checkpoint folder (see the module docstring) as an instance of
+    `cls` (`slicefixer.model.SliceFixer` or a subclass), built as ``cls(config, components)``."""
     directory = Path(directory)
     header = read_header(directory)
     config = SliceFixerConfig.from_dict(header["config"])

@@ -4,7 +4,10 @@ no traceback and no output folder; --debug shows the traceback."""
 import numpy as np
 import pytest
 
-from pipelines import benchmark, curate, diffnr, diffusionblend, finetune, train_blend
+from nr.geometry import ConeBeamGeometry
+from nr.io import Scan, write_scan
+from nr.ops.projector import project
+from pipelines import benchmark, curate, diffnr, diffusionblend, finetune, recon, train_blend
 from pipelines.common import run_command
 
 
@@ -33,6 +36,7 @@ def test_a_missing_input_is_one_line_naming_the_file(tmp_path, capsys):
     missing = tmp_path / "missing.nii.gz"
     for main, argv in (
         (diffnr.main, [str(missing), "--out", str(out)]),
+        (recon.main, [str(missing), "--method", "fdk", "--out", str(out)]),
         (diffusionblend.main, [str(missing), "--model", str(tmp_path), "--out", str(out)]),
         (train_blend.main, ["--volumes", str(missing), "--out", str(out)]),
         (finetune.main, ["--data", str(missing), "--val-volumes", "a", "--out", str(out)]),
@@ -55,3 +59,21 @@ def test_debug_shows_the_traceback(tmp_path):
     with pytest.raises(FileNotFoundError):
         run_command(diffnr.main, [str(tmp_path / "missing.npy"), "--out", str(tmp_path / "o"),
                                   "--debug"])  # fmt: skip
+
+
+def test_a_measured_scan_uses_all_its_views_unless_views_is_given(tmp_path):
+    import torch
+
+    geo = ConeBeamGeometry.default(n_voxel=16, n_views=30)
+    truth = torch.zeros(geo.volume_shape)
+    truth[4:12, 5:11, 4:12] = 0.02
+    write_scan(Scan(project(truth, geo), geo, truth), tmp_path / "scan")
+    every = recon.main([str(tmp_path / "scan"), "--method", "fdk", "--out", str(tmp_path / "a")])
+    assert every["views"] == 30  # not the simulated scans' default of 50 (or 25)
+    some = recon.main(
+        [str(tmp_path / "scan"), "--method", "fdk", "--views", "10", "--out", str(tmp_path / "b")]
+    )
+    assert some["views"] == 10
+    args = diffnr.parse([str(tmp_path / "scan"), "--out", str(tmp_path / "c")])
+    scan = diffnr.resolve_scan(args.input, args.views, args.noise, args.seed, args.size)
+    assert scan.geo.n_views == 30

@@ -12,16 +12,46 @@ With voxel rendering (no projected centres) it is the 3D position gradient inste
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import torch
 
 from nr.gaussians.projection import rotation_matrices
 
-if TYPE_CHECKING:
-    from nr.gaussians.model import GaussianModel
-
 PARAMETERS = ("means", "densities", "scales", "quaternions")
+
+
+class GaussianSet(Protocol):
+    """What density control reads and edits of a set of Gaussians
+    (`nr.gaussians.model.GaussianModel`): its raw parameters ``raw_<name>`` for each name in
+    `PARAMETERS`, their activated values, the gradient statistics and the scan's box."""
+
+    config: Any  # GaussianConfig: density_unit
+    box_size: float
+    box_low: torch.Tensor
+    box_high: torch.Tensor
+    grad_sum: torch.Tensor
+    grad_count: torch.Tensor
+    raw_means: torch.nn.Parameter
+    raw_densities: torch.nn.Parameter
+    raw_scales: torch.nn.Parameter
+    raw_quaternions: torch.nn.Parameter
+
+    @property
+    def count(self) -> int: ...
+
+    @property
+    def means(self) -> torch.Tensor: ...
+
+    @property
+    def densities(self) -> torch.Tensor: ...
+
+    @property
+    def scales(self) -> torch.Tensor: ...
+
+    def density_to_raw(self, densities: torch.Tensor) -> torch.Tensor: ...
+
+    def scale_to_raw(self, scales: torch.Tensor) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -74,7 +104,7 @@ class DensityControl:
     @torch.no_grad()
     def accumulate(
         self,
-        model: GaussianModel,
+        model: GaussianSet,
         grad_means2d: torch.Tensor,
         visible: torch.Tensor,
         height: int,
@@ -87,7 +117,7 @@ class DensityControl:
         model.grad_count += visible.sum(0)
 
     @torch.no_grad()
-    def accumulate_positions(self, model: GaussianModel, grad_means: torch.Tensor) -> None:
+    def accumulate_positions(self, model: GaussianSet, grad_means: torch.Tensor) -> None:
         """Add the position gradient norms of one voxel render ((G, 3), mm).
 
         Voxel rendering has no view-space centres; its statistic is the gradient with
@@ -99,7 +129,7 @@ class DensityControl:
         model.grad_count += norms > 0
 
     @torch.no_grad()
-    def densify_and_prune(self, model: GaussianModel, optimizer: torch.optim.Optimizer) -> None:
+    def densify_and_prune(self, model: GaussianSet, optimizer: torch.optim.Optimizer) -> None:
         """Clone, split and prune `model`, editing the Adam state of `optimizer` to match."""
         grads = (model.grad_sum / model.grad_count).nan_to_num(0.0)
         selected = grads >= self.grad_threshold
@@ -127,7 +157,7 @@ class DensityControl:
         model.grad_sum = model.grad_sum.new_zeros(model.count)
         model.grad_count = model.grad_count.new_zeros(model.count)
 
-    def _split_children(self, model: GaussianModel, split: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _split_children(self, model: GaussianSet, split: torch.Tensor) -> dict[str, torch.Tensor]:
         n = self.split_count
         scales = model.scales[split].repeat(n, 1)
         quats = model.raw_quaternions[split].repeat(n, 1)
@@ -141,7 +171,7 @@ class DensityControl:
 
 
 def edit_parameters(
-    model: GaussianModel,
+    model: GaussianSet,
     optimizer: torch.optim.Optimizer,
     keep: torch.Tensor | None = None,
     extra: dict[str, torch.Tensor] | None = None,

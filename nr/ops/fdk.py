@@ -19,7 +19,10 @@ Steps (docs/classical.md has the derivation of the scale):
 Angular weights: TIGRE scales every view by ``2 pi / N``; here each view
 weighs the arc it covers on the circle (half the gaps to its neighbours), which
 is ``2 pi / N`` for uniform full-circle sets and stays right for non-uniform
-sparse ones. Short scans are not Parker-weighted (as TIGRE's default).
+sparse ones. Parallel beams measure the arcs on the doubled circle (angles modulo
+pi: opposite rays coincide), so a 180-degree parallel scan (a synchrotron's) gets
+``2 pi / N`` per view too instead of two huge weights on its first and last views.
+Short cone-beam scans are not Parker-weighted (as TIGRE's default).
 """
 
 from __future__ import annotations
@@ -65,7 +68,10 @@ def fdk(
     ids = _view_ids(view_ids, geo.n_views)
     check_projections(projections, geo, n_views=ids.size)
     filtered = filter_projections(projections, geo, filter)
-    weights = angular_weights(geo.angles[ids])
+    # A parallel ray at angle a + pi is the ray at a reversed: arcs are measured on the
+    # doubled circle (angles modulo pi), so that a 180-degree scan is weighted like a full one.
+    doubling = 2.0 if geo.mode == "parallel" else 1.0
+    weights = angular_weights(geo.angles[ids] * doubling)
     return _weighted_backprojection(filtered, geo, ids, weights)
 
 
