@@ -44,6 +44,7 @@ import torch
 from tqdm.auto import tqdm
 
 from nr.geometry import ConeBeamGeometry
+from nr.io import atomic_file
 from nr.losses import PROJECTION_LOSSES, dssim_loss, projection_loss, ssim3d_loss, tv3d_loss
 from nr.metrics import normalise, psnr3d, ssim3d
 from nr.ops.projector import check_projections
@@ -482,9 +483,8 @@ class Trainer:
             },
             "config": dataclasses.asdict(self.config),
         }
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(state, tmp)
-        tmp.replace(path)
+        with atomic_file(path) as tmp:
+            torch.save(state, tmp)
 
     def load_checkpoint(self, path: str | Path) -> None:
         """Restore the state written by `save_checkpoint`."""
@@ -556,7 +556,6 @@ def plot_curves(history: dict[str, Any], path: str | Path) -> None:
         twin.set_ylabel("SSIM3D", color="C1")
     fig.tight_layout()
     path = Path(path)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_file(path, ".png") as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    tmp.replace(path)

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 import pipelines.benchmarks as topics_package
+from nr.io import atomic_file
 from pipelines.common import CommandParser, run_command
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "BENCHMARKS.md"
@@ -68,9 +69,8 @@ def write_section(topic: str, title: str, command: str, body: str, doc: Path = D
         else text.rstrip() + "\n\n" + section + "\n"
     )
     doc.parent.mkdir(parents=True, exist_ok=True)
-    tmp = doc.with_suffix(".md.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(doc)
+    with atomic_file(doc) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -22,6 +22,7 @@ from nr.geometry import ConeBeamGeometry
 from nr.io import (
     Scan,
     Volume,
+    atomic_file,
     load_scan,
     normalize_minmax,
     resolve_center,
@@ -224,9 +225,8 @@ class RunFolder:
 
     def write_json(self, name: str, data: Mapping[str, Any]) -> Path:
         path = self.path / name
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(_jsonable(data), indent=2) + "\n", encoding="utf-8")
-        tmp.replace(path)
+        with atomic_file(path) as tmp:
+            tmp.write_text(json.dumps(_jsonable(data), indent=2) + "\n", encoding="utf-8")
         return path
 
     def write_volume(

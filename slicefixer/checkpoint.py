@@ -11,15 +11,13 @@ Layout of a checkpoint folder:
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from peft import LoraConfig, get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from nr.io import atomic_folder
 from slicefixer.presets import SliceFixerConfig, build_components, load_sd_turbo_components
 
 FORMAT = "slicefixer"
@@ -47,8 +45,7 @@ def save(model: nn.Module, directory: str | Path) -> None:
     whole, atomically)."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
+    with atomic_folder(directory, overwrite=True) as staging:
         header = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -64,12 +61,6 @@ def save(model: nn.Module, directory: str | Path) -> None:
                 lora = {k: v.detach().contiguous().cpu()
                         for k, v in get_peft_model_state_dict(network).items()}
                 save_file(lora, str(staging / folder / "adapter_model.safetensors"))
-        if directory.exists():
-            shutil.rmtree(directory)
-        os.replace(staging, directory)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 def read_header(directory: Path) -> dict:

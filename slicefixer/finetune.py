@@ -30,6 +30,7 @@ from diffusers.optimization import get_scheduler
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
+from nr.io import atomic_file
 from slicefixer import finetune_state as ckpt
 from slicefixer.checkpoint import save as save_model
 from slicefixer.data import EpochSampler, PromptResolver, collate_pairs, to_model_space
@@ -435,6 +436,5 @@ def _train(model: SliceFixer, train_set: Dataset, val_set: Dataset, config: Fine
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    temporary = path.with_name(f".{path.name}.partial")
-    temporary.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
-    temporary.replace(path)
+    with atomic_file(path) as temporary:
+        temporary.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")

@@ -12,13 +12,13 @@ so a crash never leaves a partial checkpoint under a final name):
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from nr.io import atomic_folder
 
 CHECKPOINTS = "checkpoints"
 STATE = "state.json"
@@ -55,17 +55,10 @@ def write_checkpoint(out: Path, step: int, model: Any, training: dict[str, Any],
     """
     final = checkpoint_dir(out, step)
     final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    try:
+    with atomic_folder(final, overwrite=True) as staging:
         model.save_pretrained(staging / MODEL)
         torch.save(training, staging / TRAINING)
         (staging / STATE).write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(staging, final)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     for old in list_checkpoints(out)[:-keep]:
         shutil.rmtree(old)
     return final

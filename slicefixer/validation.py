@@ -9,7 +9,6 @@ Groups: all slices, and per (representation, views) when the dataset's items car
 
 from __future__ import annotations
 
-import os
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -21,14 +20,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from nr.io import atomic_file
 from nr.metrics import ssim2d  # noqa: E402
 from slicefixer.data import to_model_space, to_unit  # noqa: E402
 
 METRICS = ("psnr_repaired", "ssim_repaired", "psnr_artifact", "ssim_artifact")
 
 
-def slice_metrics(repaired: torch.Tensor, artifact: torch.Tensor,
-                  clean: torch.Tensor) -> torch.Tensor:
+def slice_metrics(
+    repaired: torch.Tensor, artifact: torch.Tensor, clean: torch.Tensor
+) -> torch.Tensor:
     """repaired, artifact, clean: (B, 1, R, R) in [-1, 1] -> (B, 4) per-slice METRICS."""
     pred, base, ref = (to_unit(x[:, 0].float()) for x in (repaired, artifact, clean))
     columns = []
@@ -38,9 +39,13 @@ def slice_metrics(repaired: torch.Tensor, artifact: torch.Tensor,
     return torch.stack([columns[0], columns[1], columns[2], columns[3]], dim=1)
 
 
-def batch_metrics(model: Callable[..., torch.Tensor], batch: dict[str, Any],
-                  window: tuple[float, float], resolution: int,
-                  prompts: Callable[[Sequence[str]], list[str]]) -> torch.Tensor:
+def batch_metrics(
+    model: Callable[..., torch.Tensor],
+    batch: dict[str, Any],
+    window: tuple[float, float],
+    resolution: int,
+    prompts: Callable[[Sequence[str]], list[str]],
+) -> torch.Tensor:
     """(B, 4) per-slice METRICS of the model's repairs of a `collate_pairs` batch, its slices
     mapped through `window` to the model's `resolution`; `prompts` resolves the batch's."""
     images = to_model_space(batch["artifact"], window, resolution)
@@ -52,13 +57,16 @@ def batch_metrics(model: Callable[..., torch.Tensor], batch: dict[str, Any],
 def group_labels(batch: dict[str, Any]) -> list[str]:
     """'<representation>/<views> views' per item, or 'all' without that metadata."""
     if "representation" in batch and "views" in batch:
-        return [f"{rep}/{views} views"
-                for rep, views in zip(batch["representation"], batch["views"], strict=True)]
+        return [
+            f"{rep}/{views} views"
+            for rep, views in zip(batch["representation"], batch["views"], strict=True)
+        ]
     return ["all"] * len(batch["prompt"])
 
 
 def summarise(values: torch.Tensor, labels: Sequence[str]) -> dict[str, Any]:
     """values: (N, 4) per-slice METRICS, labels: N group names -> means, gains and counts."""
+
     def means(rows: torch.Tensor) -> dict[str, float]:
         result = {name: float(rows[:, i].mean()) for i, name in enumerate(METRICS)}
         result["psnr_gain"] = result["psnr_repaired"] - result["psnr_artifact"]
@@ -75,15 +83,17 @@ def summarise(values: torch.Tensor, labels: Sequence[str]) -> dict[str, Any]:
     return summary
 
 
-def save_grid(rows: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
-              path: Path, title: str) -> Path:
+def save_grid(
+    rows: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], path: Path, title: str
+) -> Path:
     """One row per sample: artifact | repaired | clean, (R, R) images in [-1, 1]; PNG, atomic."""
     figure, axes = plt.subplots(len(rows), 3, figsize=(7.5, 2.6 * len(rows)), squeeze=False)
     for r, images in enumerate(rows):
         artifact, repaired, clean = (to_unit(x.float()).cpu() for x in images)
         ref = clean[None]
-        for c, (name, image) in enumerate((("artifact", artifact), ("repaired", repaired),
-                                           ("clean", clean))):
+        for c, (name, image) in enumerate(
+            (("artifact", artifact), ("repaired", repaired), ("clean", clean))
+        ):
             axis = axes[r, c]
             axis.imshow(image.numpy(), cmap="gray", vmin=0.0, vmax=1.0)
             axis.set_xticks([])
@@ -96,16 +106,19 @@ def save_grid(rows: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
     figure.suptitle(title, fontsize=9)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.stem}.partial.png")
-    figure.savefig(temporary, dpi=80)
+    with atomic_file(path, ".png") as temporary:
+        figure.savefig(temporary, dpi=80)
     plt.close(figure)
-    os.replace(temporary, path)
     return path
 
 
 @torch.no_grad()
-def repair_batch(model: Callable[..., torch.Tensor], images: torch.Tensor, xrays: torch.Tensor,
-                 prompts: Sequence[str]) -> torch.Tensor:
+def repair_batch(
+    model: Callable[..., torch.Tensor],
+    images: torch.Tensor,
+    xrays: torch.Tensor,
+    prompts: Sequence[str],
+) -> torch.Tensor:
     """The model's repair of (B, 1, R, R) images in eval mode (training mode restored after)."""
     was_training = getattr(model, "training", False)
     model.eval()

@@ -1,10 +1,11 @@
 """Readers and writers of CT data: volumes, R2-Gaussian cases, NAF pickles, measured
 projections (HDF5, TIFF, .mat), rotation-axis estimation, and `Scan`.
 
-Formats, axis orders and units: docs/formats.md.
+Formats, axis orders and units: docs/formats.md. Every file the toolkit writes goes through
+`atomic_file` / `atomic_folder` (temporary sibling + rename): a crash leaves no partial file.
 """
 
-from nr.io._files import FormatError
+from nr.io._files import FormatError, atomic_file, atomic_folder
 from nr.io.center import (
     CenterEstimate,
     CenterSearch,
@@ -33,6 +34,8 @@ from nr.io.volumes import (
 )
 
 __all__ = [
+    "atomic_file",
+    "atomic_folder",
     "Acquisition",
     "CenterEstimate",
     "CenterSearch",

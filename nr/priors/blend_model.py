@@ -26,6 +26,8 @@ import torch
 from diffusers import DDPMScheduler, UNet2DModel
 from torch import nn
 
+from nr.io import atomic_file
+
 CONFIG_NAME = "blend_config.json"
 
 
@@ -228,9 +230,8 @@ class BlendPrior(nn.Module):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.unet.save_pretrained(directory / "unet")
-        tmp = directory / (CONFIG_NAME + ".tmp")
-        tmp.write_text(json.dumps(self.config.to_dict(), indent=2), encoding="utf-8")
-        tmp.replace(directory / CONFIG_NAME)
+        with atomic_file(directory / CONFIG_NAME) as tmp:
+            tmp.write_text(json.dumps(self.config.to_dict(), indent=2), encoding="utf-8")
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike) -> BlendPrior:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ import torch.nn.functional as F
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
-from nr.io import Volume, normalize_window
+from nr.io import Volume, atomic_file, atomic_folder, normalize_window
 from nr.priors.blend_model import BlendModelConfig, BlendPrior
 
 CHECKPOINT = "checkpoint.pt"
@@ -183,21 +182,17 @@ class PatchSampler:
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def _export(model: BlendPrior, ema: EMAModel, out: Path) -> None:
     """Write the EMA weights as a `BlendPrior` folder, replacing the previous export."""
     ema.store(model.unet.parameters())
     ema.copy_to(model.unet.parameters())
-    tmp = out / (MODEL_DIR + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
+    with atomic_folder(out / MODEL_DIR, overwrite=True) as tmp:
+        model.save_pretrained(tmp)
     ema.restore(model.unet.parameters())
-    shutil.rmtree(out / MODEL_DIR, ignore_errors=True)
-    os.replace(tmp, out / MODEL_DIR)
 
 
 def train_blend(
@@ -244,9 +239,8 @@ def train_blend(
         raise FileNotFoundError(f"--resume: no checkpoint at {checkpoint_path}")
     out.mkdir(parents=True, exist_ok=True)
     if record is not None:
-        tmp = out / "train_config.json.tmp"
-        tmp.write_text(json.dumps(record, indent=2), encoding="utf-8")
-        tmp.replace(out / "train_config.json")
+        with atomic_file(out / "train_config.json") as tmp:
+            tmp.write_text(json.dumps(record, indent=2), encoding="utf-8")
     generator = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)
     model = BlendPrior(model_config).train()

@@ -45,7 +45,7 @@ from scipy import ndimage  # noqa: E402
 from skimage.metrics import structural_similarity  # noqa: E402
 
 from nr.geometry import ConeBeamGeometry  # noqa: E402
-from nr.io import Scan, load_scan, resolve_center  # noqa: E402
+from nr.io import Scan, atomic_file, load_scan, resolve_center  # noqa: E402
 from nr.ops.fdk import fdk  # noqa: E402
 from nr.recon import (  # noqa: E402
     GaussianReconConfig,
@@ -200,12 +200,11 @@ def _montage(shown: dict, low: float, high: float, path: Path, view_counts) -> N
         ax.set_title("full-view FDK (reference)" if title == "reference" else title, fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=80)
+    with atomic_file(path, ".png") as tmp:
+        fig.savefig(tmp, dpi=80)
+        # Grey levels only: an 8-bit grey PNG is a third of matplotlib's RGBA one.
+        Image.open(tmp).convert("L").save(tmp, optimize=True)
     plt.close(fig)
-    # Grey levels only: an 8-bit grey PNG is a third of matplotlib's RGBA one.
-    Image.open(tmp).convert("L").save(tmp, optimize=True)
-    tmp.replace(path)
 
 
 def _body(loaded: Scan, center: dict, measured: Scan, mask, rows, figure: Path, quick) -> str:
