@@ -291,6 +291,62 @@ def _run_sart(
     return volume
 
 
+@torch.no_grad()
+def conjugate_gradient(
+    normal: Callable[[torch.Tensor], torch.Tensor],
+    b: torch.Tensor,
+    x0: torch.Tensor,
+    iters: int,
+    *,
+    tol: float = 0.0,
+    callback: Callback | None = None,
+    progress: bool = False,
+    desc: str = "CG",
+) -> torch.Tensor:
+    """Conjugate gradients on ``normal(x) = b`` from `x0`: the toolkit's one CG solver.
+
+    Args:
+        normal: a symmetric positive semi-definite linear map (e.g. ``A^T A`` or
+            ``A^T A + rho D^T D``) of tensors shaped like `b`.
+        b: the right-hand side (e.g. ``A^T p``).
+        x0: the start, shaped like `b`.
+        iters: at most this many iterations.
+        tol: stop once ``||b - normal(x)|| <= tol * ||b||`` (float32 CG loses conjugacy past
+            that point); 0 runs all `iters`.
+        callback: called as ``callback(iteration, x)`` after each iteration.
+        progress: show a tqdm bar named `desc`.
+
+    Returns:
+        The iterate, `x0`'s shape and dtype. Stops early when the residual vanishes or the
+        curvature ``p^T normal(p)`` is not positive. Inner products in float64.
+    """
+
+    def dot(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return torch.dot(u.flatten().double(), v.flatten().double())
+
+    x = x0.clone()
+    r = b - normal(x)
+    p = r.clone()
+    rs = dot(r, r)
+    stop = tol**2 * dot(b, b)
+    for it in tqdm(range(iters), desc=desc, disable=not progress):
+        if rs <= stop:
+            break
+        q = normal(p)
+        pq = dot(p, q)
+        if pq <= 0:
+            break
+        alpha = (rs / pq).to(x.dtype)
+        x += alpha * p
+        r -= alpha * q
+        rs_new = dot(r, r)
+        p = r + (rs_new / rs).to(x.dtype) * p
+        rs = rs_new
+        if callback is not None:
+            callback(it, x)
+    return x
+
+
 def cgls(
     projections: torch.Tensor,
     geo: ConeBeamGeometry,
@@ -302,31 +358,21 @@ def cgls(
     progress: bool = True,
     backend: str = "auto",
 ) -> torch.Tensor:
-    """CGLS: minimises ``||A x - p||_2`` by conjugate gradients (monotone residual).
-
-    Stops early when the gradient of the normal equations vanishes. No
-    non-negativity (as TIGRE). Arguments and result as `sart`.
+    """TIGRE's CGLS: minimises ``||A x - p||_2`` by conjugate gradients on the normal
+    equations ``A^T A x = A^T p`` (`conjugate_gradient`; the iterates of CGLS, monotone
+    residual). No non-negativity (as TIGRE). Arguments and result as `sart`.
     """
     config, problem = _prepare(config, CGLSConfig(), projections, geo, view_ids, init, backend)
     with torch.no_grad():
-        x = problem.init
-        r = problem.projections - problem.A(x)
-        p = problem.At(r)
-        gamma = float((p * p).sum())
-        for it in tqdm(range(config.n_iter), desc="CGLS", disable=not progress):
-            if gamma == 0.0:
-                break
-            q = problem.A(p)
-            alpha = gamma / float((q * q).sum())
-            x = x + alpha * p
-            r = r - alpha * q
-            s = problem.At(r)
-            gamma_next = float((s * s).sum())
-            p = s + (gamma_next / gamma) * p
-            gamma = gamma_next
-            if callback is not None:
-                callback(it, x)
-    return x
+        return conjugate_gradient(
+            lambda v: problem.At(problem.A(v)),
+            problem.At(problem.projections),
+            problem.init,
+            config.n_iter,
+            callback=callback,
+            progress=progress,
+            desc="CGLS",
+        )
 
 
 def asd_pocs(

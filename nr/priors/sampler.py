@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from nr.ops.iterative import conjugate_gradient
 from nr.priors.blend_model import BlendPrior
 from nr.priors.partitions import Patch, partition_for_step
 
@@ -135,26 +136,7 @@ def cg_normal_equations(
         out = AT(A(v))
         return out + rho * _dz_adjoint_dz(v) if rho else out
 
-    x = x0.clone()
-    b = AT(y)
-    stop = tol**2 * torch.dot(b.flatten().double(), b.flatten().double())
-    r = b - normal(x)
-    p = r.clone()
-    rs = torch.dot(r.flatten().double(), r.flatten().double())
-    for _ in range(iters):
-        if rs <= stop:
-            break
-        q = normal(p)
-        pq = torch.dot(p.flatten().double(), q.flatten().double())
-        if pq <= 0:
-            break
-        alpha = (rs / pq).to(x.dtype)
-        x += alpha * p
-        r -= alpha * q
-        rs_new = torch.dot(r.flatten().double(), r.flatten().double())
-        p = r + (rs_new / rs).to(x.dtype) * p
-        rs = rs_new
-    return x
+    return conjugate_gradient(normal, AT(y), x0, iters, tol=tol)
 
 
 @torch.no_grad()
