@@ -62,7 +62,7 @@ def find_volumes(inputs: Sequence[str | os.PathLike]) -> list[Path]:
 
 
 def read_data_manifest(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
-    """File name -> {"anatomy", "key"} from a data manifest like /work/shared/data/MANIFEST.json
+    """File name -> {"anatomy", "key"} from a data manifest (the development volumes' MANIFEST.json)
     (a JSON object of entries with "file", optional "anatomy" and "key")."""
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))

@@ -15,7 +15,7 @@ random fraction of that count. Built in:
   standard count that of ``GaussianReconConfig.default()``; registered lazily.
 - "sart": SART from zero (`nr.ops.iterative.sart`), standard count 20
   (R2-Gaussian's baseline); cheap, for tests and for iterative-artifact data
-  (ANCHORS.md section 9).
+  (docs/history.md, "SliceFixer").
 
 The neural packages are imported only when their reconstructor is first used,
 so curating with "sart" never needs them. `register` adds a user's own method.

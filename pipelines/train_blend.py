@@ -7,7 +7,7 @@
 
 Volumes: any file ``nr.io.read_volume`` reads (NIfTI, MHD/NRRD, NPY/NPZ with
 key "volume"), or folders of them. A ``MANIFEST.json`` beside NPZ files (as in
-../shared/data) supplies their voxel spacing (``spacing_zyx_mm``); otherwise
+the development volumes) supplies their voxel spacing (``spacing_zyx_mm``); otherwise
 voxels are taken as isotropic. Outputs in DIR: ``model/`` (EMA weights for
 ``BlendPrior.from_pretrained``), ``checkpoint.pt`` (exact resume),
 ``train_config.json``, ``train_log.jsonl``.

@@ -55,7 +55,7 @@ class FinetuneConfig:
         steps: optimizer steps of the whole run; the lr schedule spans them.
         batch: slices per process and step.
         lr: AdamW learning rate (pix2pix-turbo: 5e-6 for LoRA on SD-Turbo; compact, trained from
-            scratch: 2e-4, the pilot of ANCHORS.md section 9).
+            scratch: 2e-4, the CPU pilot's; docs/history.md, "SliceFixer").
         weight_decay: AdamW weight decay (pix2pix-turbo: 1e-2).
         schedule: "cosine" (decay to 0 over ``steps``; the pilot) or "constant" (pix2pix-turbo).
         warmup_steps: linear warm-up steps of the schedule.
@@ -127,8 +127,8 @@ def preset_defaults(preset: str) -> FinetuneConfig:
 
     - "sd-turbo": pix2pix-turbo's recipe: lr 5e-6, wd 1e-2, constant schedule, batch 4, 512 px,
       L2 1 + LPIPS 5 + CLIP 5 + GAN 0.5, plus SSIM 1 (DiffNR's SSIM term).
-    - "compact": the CPU pilot (ANCHORS.md section 9): from scratch, lr 2e-4 cosine, batch 16,
-      128 px, L2 1 + SSIM 0.05; LPIPS/CLIP keep pix2pix-turbo's 5 (active only with their
+    - "compact": the CPU pilot (docs/history.md, "SliceFixer"): from scratch, lr 2e-4 cosine,
+      batch 16, 128 px, L2 1 + SSIM 0.05; LPIPS/CLIP keep pix2pix-turbo's 5 (active only with their
       backbones); GAN 0 (off): without LPIPS the from-scratch GAN term would outweigh L2.
     - "tiny": the compact recipe at 32 px and batch 2, for smoke tests.
     """

@@ -82,7 +82,8 @@ class SliceFixerConfig:
         residual: the output is the input slice plus the decoded correction, and the decoder's
             last conv starts at zero, so an untrained model returns its input (compact: a model
             trained from scratch on a CPU starts from the identity instead of from noise, as the
-            pilot's residual UNet of ANCHORS.md section 9; SD-Turbo's pix2pix-turbo: False).
+            residual UNet of the CPU pilot, docs/history.md "SliceFixer"; SD-Turbo's
+            pix2pix-turbo: False).
         sources: for weights loaded from pretrained folders: {"sd_turbo": ..., "rad_dino": ...}
             (local folders or hub ids); None when every weight lives in the checkpoint.
     """

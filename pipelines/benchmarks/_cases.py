@@ -1,7 +1,7 @@
 """The volumes benchmarks run on: the embedded scan and the development volumes.
 
-Development volumes (../shared/data in this repository's workplace, or the folder in the
-environment variable ``NR_BENCH_DATA``) are prepared exactly as the curated SliceFixer data
+Development volumes (the folder in the environment variable ``NR_BENCH_DATA``, by default
+``shared/data`` beside the repository's folder) are prepared exactly as the curated SliceFixer data
 (`data_curation.volume.load_clean_volume`): min-max normalised to [0, 1] and resampled to a
 size^3 cube scanned in a 256 mm box, so that benchmark scans look like the training scans.
 """

@@ -55,7 +55,7 @@ def curated_pairs(folder: Path, quick: bool) -> PairDataset:
     data = data_dir()
     if data is None:
         raise FileNotFoundError(
-            "the development volumes (../shared/data or $NR_BENCH_DATA) are "
+            "the development volumes ($NR_BENCH_DATA) are "
             "needed: the held-out chest is one of them"
         )
     manifest = data / "MANIFEST.json"
