@@ -33,7 +33,7 @@ from nr.metrics import scan_quality, truth_scores
 from nr.ops.fdk import fdk
 from nr.priors.protocol import Prior, PriorHook, PriorSchedule
 from nr.recon import LEARNING_RATES, REPRESENTATIONS, GaussianReconConfig, recipe, reconstruct
-from nr.validation import check_int, check_number
+from nr.validation import check_choice, check_int, check_number
 from nr.warm_start import METHODS as WARM_START_METHODS
 
 LOG = logging.getLogger("nr")
@@ -93,10 +93,8 @@ class DiffNRConfig:
     rationale: str = "given by the caller"
 
     def __post_init__(self) -> None:
-        if self.nr not in REPRESENTATIONS:
-            raise ValueError(f"nr: expected one of {REPRESENTATIONS}, got {self.nr!r}")
-        if self.prior not in PRIORS:
-            raise ValueError(f"prior: expected one of {PRIORS}, got {self.prior!r}")
+        check_choice("nr", self.nr, REPRESENTATIONS)
+        check_choice("prior", self.prior, PRIORS)
         check_number("start", self.start, 0.0, 1.0, open_low=True)
         check_number("every", self.every, 0.0, 1.0, open_low=True)
         check_number("weight", self.weight, 0.0)
@@ -115,15 +113,8 @@ class DiffNRConfig:
         check_int("seed", self.seed, 0)
         if not isinstance(self.guard, GuardConfig):
             raise TypeError(f"guard: expected a GuardConfig, got {type(self.guard).__name__}")
-        if self.warm_start not in WARM_START_METHODS:
-            raise ValueError(
-                f"warm_start: expected one of {WARM_START_METHODS}, got {self.warm_start!r}"
-            )
-        if self.gaussian_rendering not in (None, "voxel", "rasterize"):
-            raise ValueError(
-                f"gaussian_rendering: expected 'voxel' or 'rasterize', got "
-                f"{self.gaussian_rendering!r}"
-            )
+        check_choice("warm_start", self.warm_start, WARM_START_METHODS)
+        check_choice("gaussian_rendering", self.gaussian_rendering, (None, "voxel", "rasterize"))
 
     @classmethod
     def default(
@@ -159,9 +150,11 @@ class DiffNRConfig:
         return cls(
             nr=nr,
             prior=prior,
-            weight=3.0 if gaussians else 1.0,
-            fixer_cg=5 if gaussians else 0,
-            every=1.0 if not gaussians and prior == "slicefixer" else 0.125,
+            # the fields' defaults are the Gaussians'; the hash grid keeps the paper's weight,
+            # no data consistency and, with the SliceFixer, one reference (docs/diffnr.md)
+            weight=cls.weight if gaussians else 1.0,
+            fixer_cg=cls.fixer_cg if gaussians else 0,
+            every=1.0 if not gaussians and prior == "slicefixer" else cls.every,
             rationale=f"{nr} + {prior}: {why}",
         )
 

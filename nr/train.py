@@ -49,7 +49,7 @@ from nr.losses import PROJECTION_LOSSES, dssim_loss, projection_loss, ssim3d_los
 from nr.metrics import normalise, psnr3d, ssim3d
 from nr.ops.projector import check_projections
 from nr.representation import Representation
-from nr.validation import check_int
+from nr.validation import check_choice, check_int, check_number
 
 SCHEDULES = ("exponential", "step")
 CHECKPOINT = "checkpoint.pt"
@@ -112,20 +112,11 @@ class TrainConfig:
         for name in ("eval_every", "checkpoint_every", "seed"):
             check_int(name, getattr(self, name), 0)
         for name in ("lambda_dssim", "lambda_tv"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise ValueError(f"{name}: expected a number >= 0, got {value!r}")
+            check_number(name, getattr(self, name), 0.0)
         for name in ("volume_scale", "gamma", "adam_eps"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-                raise ValueError(f"{name}: expected a positive number, got {value!r}")
-        if self.projection_loss not in PROJECTION_LOSSES:
-            raise ValueError(
-                f"projection_loss: expected one of {PROJECTION_LOSSES}, "
-                f"got {self.projection_loss!r}"
-            )
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule: expected one of {SCHEDULES}, got {self.schedule!r}")
+            check_number(name, getattr(self, name), 0.0, open_low=True)
+        check_choice("projection_loss", self.projection_loss, PROJECTION_LOSSES)
+        check_choice("schedule", self.schedule, SCHEDULES)
         if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
             raise ValueError(f"adam_betas: expected two numbers in [0, 1), got {self.adam_betas}")
         views = self.validation_views

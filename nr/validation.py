@@ -22,3 +22,9 @@ def check_number(
     if not ok:
         bounds = f"{'(' if open_low else '['}{low:g}, {high:g}]"
         raise ValueError(f"{name}: expected a finite number in {bounds}, got {value!r}")
+
+
+def check_choice(name: str, value: object, choices: tuple) -> None:
+    """`value` must be one of `choices`."""
+    if value not in choices:
+        raise ValueError(f"{name}: expected one of {choices}, got {value!r}")
