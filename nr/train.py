@@ -245,6 +245,12 @@ class Trainer:
                 check_int(f"hook.{name}", getattr(hook, name, None), 1)
         if config.checkpoint_every and out_dir is None:
             raise ValueError("out_dir: checkpoint_every > 0 needs an out_dir")
+        if config.lambda_dssim > 0 and min(int(n) for n in geo.n_detector) < 11:
+            raise ValueError(
+                "config.lambda_dssim: the projections' 2D SSIM needs at least 11 x 11 pixels, "
+                f"this scan's are {int(geo.n_detector[0])} rows x {int(geo.n_detector[1])} "
+                "columns (set lambda_dssim to 0)"
+            )
         if config.validation_views and max(config.validation_views) >= geo.n_views:
             raise ValueError(
                 f"config.validation_views: expected indices below the scan's {geo.n_views} "

@@ -312,3 +312,13 @@ def test_validation_settings_are_checked():
     geo, _, proj = _scan(views=6)
     with pytest.raises(ValueError, match="validation_views"):
         _trainer(geo, proj, validation_views=(6,), validation_until=2)
+
+
+def test_a_detector_too_small_for_the_projection_ssim_is_a_clear_error():
+    import dataclasses
+
+    geo, gt, _ = _scan()
+    flat = dataclasses.replace(geo, n_detector=(4, 16), s_detector=None)
+    with pytest.raises(ValueError, match="lambda_dssim.*4 rows x 16 columns"):
+        _trainer(flat, project(gt, flat))
+    _trainer(flat, project(gt, flat), lambda_dssim=0.0)  # without the term it trains
