@@ -203,6 +203,15 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def log_to_stderr() -> None:
+    """Show the commands' log (INFO and above) on stderr, once."""
+    LOG.setLevel(logging.INFO)
+    if not any(
+        isinstance(h, logging.StreamHandler) and h.stream is sys.stderr for h in LOG.handlers
+    ):
+        LOG.addHandler(logging.StreamHandler(sys.stderr))
+
+
 class RunFolder:
     """One output folder: volume (NIfTI), metrics.json, config.json, montage PNGs and run.log.
 
@@ -216,11 +225,7 @@ class RunFolder:
         handler = logging.FileHandler(self.path / "run.log")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         LOG.addHandler(handler)
-        LOG.setLevel(logging.INFO)
-        if not any(
-            isinstance(h, logging.StreamHandler) and h.stream is sys.stderr for h in LOG.handlers
-        ):
-            LOG.addHandler(logging.StreamHandler(sys.stderr))
+        log_to_stderr()
         LOG.info("command: %s", " ".join([os.path.basename(sys.executable)] + sys.argv))
 
     def write_json(self, name: str, data: Mapping[str, Any]) -> Path:
@@ -315,6 +320,7 @@ class CommandParser(argparse.ArgumentParser):
         self.add_argument(
             "--debug", action="store_true", help="on an error, show the full Python traceback"
         )
+        log_to_stderr()  # what happens before the run folder exists is shown too
 
     def error(self, message: str) -> None:
         print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
