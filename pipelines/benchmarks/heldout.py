@@ -11,13 +11,16 @@ true change in PSNR against the volume it was made from.
 
 Hours on 2 cores: each finished row is appended at once to ``ROWS`` (committed with the
 repository) and a new run skips the rows already there, so the benchmark resumes where it
-stopped. ``--quick`` runs the Gaussians at 64^3 on the first three volumes. A row "NR, all
-views" fits the NR to every view from the start: the cost of the protocol.
+stopped. Two processes of one thread each can share it (``OMP_NUM_THREADS=1``, started
+twice): each claims a job before it starts it (``WORK/claims``). ``--quick`` runs the
+Gaussians at 64^3 on the first three volumes. A row "NR, all views" fits the NR to every view
+from the start: the cost of the protocol.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -122,10 +125,28 @@ def _read_rows() -> dict[str, dict[str, Any]]:
     return {_key(row): row for row in rows}
 
 
+def _claim(job: dict[str, Any]) -> bool:
+    """Claim `job` for this process, so that several processes (one thread each) can share the
+    benchmark: False when a live process holds it. A dead holder's claim is taken over."""
+    claim = WORK / "claims" / _key(job).replace("/", "_")
+    claim.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        holder = int(claim.read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        holder = None
+    if holder is not None and holder != os.getpid():
+        try:
+            os.kill(holder, 0)
+            return False
+        except ProcessLookupError:
+            pass
+    claim.write_text(str(os.getpid()), encoding="utf-8")
+    return int(claim.read_text(encoding="utf-8")) == os.getpid()
+
+
 def run(quick: bool = False) -> str:
-    rows = _read_rows()
     for job in _jobs(quick):
-        if _key(job) in rows:
+        if _key(job) in _read_rows() or not _claim(job):
             continue
         scan_file = _scan(job["volume"], job["size"], job["views"])
         measure = _neural if job["method"] == "diffnr" else _classical
@@ -133,8 +154,7 @@ def run(quick: bool = False) -> str:
         with ROWS.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(row) + "\n")
             handle.flush()
-        rows[_key(job)] = row
-    return table(list(rows.values()))
+    return table(list(_read_rows().values()))
 
 
 def table(rows: list[dict[str, Any]]) -> str:
