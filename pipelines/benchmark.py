@@ -86,15 +86,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="smaller sizes (smoke run)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs untouched")
     parser.add_argument("--scan", type=Path, help="measured: the measured scan (docs/formats.md)")
+    parser.add_argument(
+        "--model", type=Path, help="diffusionblend: the prior's folder (default: the shipped one)"
+    )
     args = parser.parse_args(argv)
     for topic in args.topics:
         module = importlib.import_module(f"pipelines.benchmarks.{topic}")
-        scan = {"scan": args.scan} if getattr(module, "NEEDS_SCAN", False) else {}
-        body = module.run(quick=args.quick, **scan)
+        # the options a topic takes (OPTIONS) are passed to its run() and named in its command
+        given = {name: getattr(args, name) for name in getattr(module, "OPTIONS", ())}
+        body = module.run(quick=args.quick, **given)
         print(f"## {module.TITLE}\n\n{body}\n")
         if not args.no_write:
             command = "python -m pipelines.benchmark " + topic + (" --quick" if args.quick else "")
-            command += f" --scan {args.scan}" if scan else ""
+            command += "".join(f" --{k} {v}" for k, v in given.items() if v is not None)
             write_section(topic, module.TITLE, command, body)
 
 

@@ -1,12 +1,11 @@
 """DiffusionBlend: wall time per volume and network evaluations (standalone and as a DiffNR
 hook), and quality against FDK and SART at 25 views when a trained model is available
-(``assets/diffusionblend`` or the folder in ``NR_BLEND_MODEL``): on the embedded head phantom,
+(``assets/diffusionblend`` or the folder given with ``--model``): on the embedded head phantom,
 the volume the shipped prior holds out, and on the LIDC chest, which it was trained on (a
 check that the prior fits anatomy it has seen, not a held-out score)."""
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from pipelines.benchmarks._cases import data_dir
 from pipelines.common import quality
 from pipelines.train_blend import manifest_spacing
 
+OPTIONS = ("model",)  # python -m pipelines.benchmark diffusionblend --model DIR
 TITLE = "DiffusionBlend"
 SEEN_IN_TRAINING = "vtkjs_lidc2_chest_ct_u8.npz"
 VIEWS = 25
@@ -34,12 +34,11 @@ SAMPLES = BlendReconConfig().samples
 DIFFNR_PRIOR = DiffusionBlendPriorConfig()
 
 
-def _trained_model() -> tuple[BlendPrior, str] | None:
-    folder = os.environ.get("NR_BLEND_MODEL")
-    path = Path(folder) if folder else assets_dir() / "diffusionblend"
+def _trained_model(folder: Path | None) -> tuple[BlendPrior, str] | None:
+    path = folder or assets_dir() / "diffusionblend"
     if not path.is_dir():
         return None
-    return BlendPrior.from_pretrained(path), folder or "assets/diffusionblend (shipped)"
+    return BlendPrior.from_pretrained(path), str(folder or "assets/diffusionblend (shipped)")
 
 
 def _ground_truths(quick: bool, resolution: int) -> dict[str, torch.Tensor]:
@@ -121,9 +120,9 @@ def _quality_rows(
     return rows
 
 
-def run(quick: bool) -> str:
+def run(quick: bool, model: Path | None = None) -> str:
     torch.manual_seed(0)
-    trained = _trained_model()
+    trained = _trained_model(model)
     model, source = (
         trained
         if trained
@@ -152,7 +151,7 @@ def run(quick: bool) -> str:
         lines += [
             "",
             "Quality: not measured here (quick run, or no trained model: train one "
-            "with `python -m pipelines.train_blend` and set NR_BLEND_MODEL).",
+            "with `python -m pipelines.train_blend` and pass --model DIR).",
         ]
         return "\n".join(lines)
     lines += [

@@ -57,7 +57,7 @@ from pipelines.recon import classical_method  # noqa: E402
 
 TITLE = "Measured scan: sparse views against the full-view FDK"
 # pipelines.benchmark passes --scan to the topics that set this.
-NEEDS_SCAN = True
+OPTIONS = ("scan",)
 FIGURE = Path(__file__).resolve().parents[2] / "docs" / "figures" / "measured_sparse_views.png"
 VIEWS = (30, 20, 10)
 QUICK_VIEWS = (10,)

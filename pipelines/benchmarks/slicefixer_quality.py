@@ -6,14 +6,13 @@ training, assets/slicefixer-compact/README.md) is curated with the shipped model
 warm start, pairs along z, y and x, seed 0, one thread) at 25, 50 and 75 views, and every pair
 is repaired. Slice PSNR/SSIM of the artifact and of the repaired slice against the clean one, as
 the fine-tuning validation computes them (`slicefixer.validation`). The curated pairs are cached
-in ``$NR_BENCH_CACHE`` (default out/benchmarks) and a re-run resumes or reuses them; curating the
+in ``out/benchmarks`` and a re-run resumes or reuses them; curating the
 6 reconstructions (one per views and subset kind) took 14 minutes on one thread.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -98,7 +97,7 @@ def _row(name: str, m: dict) -> str:
 
 def run(quick: bool) -> str:
     torch.manual_seed(0)
-    cache = Path(os.environ.get("NR_BENCH_CACHE", "out/benchmarks"))
+    cache = Path("out/benchmarks")
     folder = cache / ("slicefixer-quality-quick" if quick else "slicefixer-quality")
     pairs = curated_pairs(folder, quick)
     model = SliceFixer.from_pretrained(asset_path("slicefixer-compact")).float().eval()
