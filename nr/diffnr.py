@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from nr.geometry import ConeBeamGeometry
+from nr.geometry import SLICE_AXES, ConeBeamGeometry, largest_slice_side
 from nr.guard import GuardConfig, HallucinationGuard
 from nr.io import Scan
 from nr.metrics import scan_quality, truth_scores
@@ -38,7 +38,7 @@ from nr.warm_start import METHODS as WARM_START_METHODS
 
 LOG = logging.getLogger("nr")
 PRIORS = ("slicefixer", "diffusionblend", "none")
-AXES = ("z", "y", "x")
+AXES = tuple(SLICE_AXES)
 # The default prior up to SHIPPED_RESOLUTION-pixel slices, and that resolution (docs/diffnr.md,
 # "Defaults"; held-out figures in docs/BENCHMARKS.md, "DiffNR on held-out volumes").
 DEFAULT_PRIOR = "slicefixer"
@@ -128,7 +128,7 @@ class DiffNRConfig:
             prior: a prior to use whatever the size (its settings are the defaults for `nr`);
                 None lets the scan's size decide.
         """
-        side = max(int(n) for n in geo.volume_shape[1:])
+        side = largest_slice_side(geo.volume_shape, ("z",))
         if prior is None:
             prior, why = (
                 DEFAULT_PRIOR,
@@ -316,8 +316,7 @@ def _resolution_warning(prior: Prior | None, geo: ConeBeamGeometry, config: Diff
     """A warning when the scan's slices exceed what the prior was trained on, else None."""
     if prior is None or prior.resolution is None:
         return None
-    shape = geo.volume_shape
-    side = max(int(n) for axis in config.axes for i, n in enumerate(shape) if i != AXES.index(axis))
+    side = largest_slice_side(geo.volume_shape, config.axes)
     if side <= prior.resolution:
         return None
     return (

@@ -29,6 +29,13 @@ from typing import Any
 import numpy as np
 
 MODES = ("cone", "parallel")
+# Slicing axis name -> permutation of a (Z, Y, X) volume that puts that axis first.
+SLICE_AXES = {"z": (0, 1, 2), "y": (1, 0, 2), "x": (2, 0, 1)}
+
+
+def largest_slice_side(shape: Sequence[int], axes: Sequence[str]) -> int:
+    """Largest side (voxels) of the slices of a (Z, Y, X) `shape` cut along `axes`."""
+    return max(int(shape[i]) for axis in axes for i in SLICE_AXES[axis][1:])
 
 
 def _vector(name: str, value: Any, length: int, dtype: type = float) -> np.ndarray:

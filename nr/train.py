@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 from nr.geometry import ConeBeamGeometry
 from nr.io import atomic_file
 from nr.losses import PROJECTION_LOSSES, dssim_loss, projection_loss, ssim3d_loss, tv3d_loss
-from nr.metrics import normalise, psnr3d, ssim3d
+from nr.metrics import truth_scores
 from nr.ops.projector import check_projections
 from nr.representation import Representation
 from nr.validation import check_choice, check_int, check_number
@@ -448,10 +448,7 @@ class Trainer:
         history with the iteration and the loop's wall time so far."""
         if self.volume_gt is None:
             raise ValueError("volume_gt: evaluation needs the ground-truth volume")
-        low, high = float(self.volume_gt.min()), float(self.volume_gt.max())
-        pred = normalise(self.volume(), low, high)
-        gt = normalise(self.volume_gt, low, high)
-        scores = {"psnr": float(psnr3d(pred, gt)), "ssim": float(ssim3d(pred, gt))}
+        scores = truth_scores(self.volume(), self.volume_gt)
         record = self.history["eval"]
         record.setdefault("iteration", []).append(self.iteration)
         record.setdefault("seconds", []).append(self.history["wall_time"])

@@ -15,17 +15,9 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from nr.geometry import ConeBeamGeometry
+from nr.geometry import SLICE_AXES, ConeBeamGeometry
 from slicefixer.conditioning import biplanar_view_ids
 from slicefixer.model import SliceFixer
-
-# Axis name -> permutation of the (Z, Y, X) volume that puts the slicing axis first.
-_AXES = {"z": (0, 1, 2), "y": (1, 0, 2), "x": (2, 0, 1)}
-
-
-def largest_slice_side(shape: Sequence[int], axes: Sequence[str]) -> int:
-    """Largest side (voxels) of the slices of a (Z, Y, X) `shape` cut along `axes`."""
-    return max(int(shape[i]) for axis in axes for i in _AXES[axis][1:])
 
 
 def intensity_window(volume: torch.Tensor, model: SliceFixer,
@@ -69,7 +61,7 @@ def _validate(volume: torch.Tensor, projections: torch.Tensor, geo: ConeBeamGeom
     if projections.shape[0] != geo.n_views:
         raise ValueError(f"projections: expected {geo.n_views} views (len(geo.angles)), got "
                          f"{projections.shape[0]}")
-    if isinstance(axes, str) or not axes or any(axis not in _AXES for axis in axes):
+    if isinstance(axes, str) or not axes or any(axis not in SLICE_AXES for axis in axes):
         raise ValueError(f"axes: expected a non-empty sequence of 'z', 'y', 'x', got {axes!r}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
@@ -119,7 +111,7 @@ def repair_volume(
     mapped = ((volume.to(model.device, dtype) - low) * (2.0 / (high - low)) - 1.0).clamp(-1, 1)
     total = torch.zeros_like(mapped)
     for axis in axes:
-        order = _AXES[axis]
+        order = SLICE_AXES[axis]
         stack = mapped.permute(order)
         repaired = torch.empty_like(stack)
         for start in range(0, stack.shape[0], batch_size):
