@@ -6,6 +6,9 @@
 - `fdk`: FDK (cone) / FBP (parallel) with TIGRE's filters.
 - `sart`, `os_sart`, `cgls`, `asd_pocs`: iterative baselines with TIGRE's defaults.
 - `add_tigre_noise`, `simulate_projections`: TIGRE's CTnoise model.
+
+`nr.ops.rtk` (not imported here; needs `pip install itk-rtk`) runs RTK's filters on the same
+geometry: the independent reference of the tests and of `python -m pipelines.benchmark rtk`.
 """
 
 from nr.ops.fdk import FILTERS, fdk
