@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from nr.geometry import ConeBeamGeometry
+from nr._ext import require_compiled, use_compiled
 from nr.ops.projector import _view_ids, check_projections
 
 FILTERS = ("ram_lak", "shepp_logan", "cosine", "hamming", "hann")
@@ -48,6 +49,7 @@ def fdk(
     filter: str = "ram_lak",
     *,
     view_ids: Sequence[int] | np.ndarray | torch.Tensor | None = None,
+    backend: str = "auto",
 ) -> torch.Tensor:
     """FDK (cone mode) or FBP (parallel mode) reconstruction.
 
@@ -57,6 +59,8 @@ def fdk(
         geo: the scan; lengths in mm.
         filter: window of the ramp filter, one of `FILTERS` (TIGRE's names).
         view_ids: (N,) indices into ``geo.angles`` of the rows of `projections`.
+        backend: the backprojection's: "compiled" (the C++/OpenMP kernel, CPU tensors),
+            "torch" (the twin, any device) or "auto" (compiled for CPU tensors when built).
 
     Returns:
         (Z, Y, X) attenuation per mm, projections' dtype and device. FDK of
@@ -67,11 +71,14 @@ def fdk(
         raise TypeError(f"geo: expected a ConeBeamGeometry, got {type(geo).__name__}")
     ids = _view_ids(view_ids, geo.n_views)
     check_projections(projections, geo, n_views=ids.size)
+    compiled = use_compiled("ops", backend, projections)
     filtered = filter_projections(projections, geo, filter)
     # A parallel ray at angle a + pi is the ray at a reversed: arcs are measured on the
     # doubled circle (angles modulo pi), so that a 180-degree scan is weighted like a full one.
     doubling = 2.0 if geo.mode == "parallel" else 1.0
     weights = angular_weights(geo.angles[ids] * doubling)
+    if compiled:
+        return _compiled_backprojection(filtered, geo, ids, weights)
     return _weighted_backprojection(filtered, geo, ids, weights)
 
 
@@ -162,20 +169,44 @@ def angular_weights(angles: np.ndarray) -> np.ndarray:
     return arcs
 
 
+def _voxel_centres(geo: ConeBeamGeometry) -> list[np.ndarray]:
+    """The voxel centres' x, y and z coordinates (mm): (X,), (Y,), (Z,) float64."""
+    origin, size = geo.voxel_origin_xyz(), geo.voxel_size_xyz()
+    n_z, n_y, n_x = geo.volume_shape
+    return [origin[k] + np.arange(n) * size[k] for k, n in enumerate((n_x, n_y, n_z))]
+
+
+def _compiled_backprojection(
+    filtered: torch.Tensor, geo: ConeBeamGeometry, view_ids: np.ndarray, arcs: np.ndarray
+) -> torch.Tensor:
+    """`_weighted_backprojection` by the compiled kernel (CPU tensors)."""
+    weighted = filtered * torch.as_tensor(arcs, dtype=filtered.dtype)[:, None, None]
+    x, y, z = (torch.from_numpy(c) for c in _voxel_centres(geo))
+    maps = torch.from_numpy(_projective_maps(geo, view_ids))
+    return require_compiled("ops").fdk_backproject(weighted.contiguous(), maps, x, y, z)
+
+
 def _weighted_backprojection(
     filtered: torch.Tensor, geo: ConeBeamGeometry, view_ids: np.ndarray, arcs: np.ndarray
 ) -> torch.Tensor:
-    """Voxel-driven backprojection ``sum_i arcs_i * w_i(x) * filtered_i(u_i(x), v_i(x))``."""
+    """Voxel-driven backprojection ``sum_i arcs_i * w_i(x) * filtered_i(u_i(x), v_i(x))``:
+    the readable torch twin of the compiled kernel (nr/ops/csrc/fdk.cpp), on any device."""
     device, real = filtered.device, filtered.dtype
     n_z, n_y, n_x = geo.volume_shape
     n_v, n_u = filtered.shape[1:]
-    maps = torch.as_tensor(_projective_maps(geo, view_ids), dtype=real, device=device)
-    weighted = filtered * torch.as_tensor(arcs, dtype=real, device=device)[:, None, None]
-    origin, size = geo.voxel_origin_xyz(), geo.voxel_size_xyz()
-    x, y, z = (
-        torch.as_tensor(origin[k] + np.arange(n) * size[k], dtype=real, device=device)
-        for k, n in enumerate((n_x, n_y, n_z))
+    pixel_maps = torch.as_tensor(_projective_maps(geo, view_ids), dtype=real, device=device)
+    # grid_sample's coordinate (align_corners=False) of pixel index i is (2 i + 1) / n - 1.
+    depth = pixel_maps[..., 2]
+    maps = torch.stack(
+        [
+            (2 * pixel_maps[..., 0] + depth) / n_u - depth,
+            (2 * pixel_maps[..., 1] + depth) / n_v - depth,
+            depth,
+        ],
+        dim=-1,
     )
+    weighted = filtered * torch.as_tensor(arcs, dtype=real, device=device)[:, None, None]
+    x, y, z = (torch.as_tensor(c, dtype=real, device=device) for c in _voxel_centres(geo))
     volume = torch.zeros((n_z, n_y, n_x), dtype=real, device=device)
     slab = max(1, min(n_z, SAMPLES_PER_CHUNK // (n_y * n_x)))
     for z0 in range(0, n_z, slab):
@@ -205,18 +236,16 @@ def _weighted_backprojection(
 
 
 def _projective_maps(geo: ConeBeamGeometry, view_ids: np.ndarray) -> np.ndarray:
-    """Per view, the 4x3 matrix taking a voxel centre to grid_sample coordinates and weight.
+    """Per view, the 4x3 matrix taking a voxel centre to detector pixel indices and weight.
 
-    For a world point (x, y, z, 1) @ M = (g_u, g_v, d): the point projects onto
-    the detector at ``grid_sample`` coordinates (g_u / d, g_v / d)
-    (``align_corners=False``: pixel i at ``(2 i + 1) / n - 1``), and its FDK
-    weight is ``1 / d^2``: in cone mode d is the voxel's depth along the
+    For a world point (x, y, z, 1) @ M = (p_u, p_v, d): the point projects onto
+    the detector at pixel indices (p_u / d, p_v / d) (pixel centres at integers),
+    and its FDK weight is ``1 / d^2``: in cone mode d is the voxel's depth along the
     central ray (the detector normal) divided by dso; in parallel mode d = 1.
 
     Returns:
         (N, 4, 3) float64.
     """
-    n_v, n_u = (int(n) for n in geo.n_detector)
     maps = np.zeros((view_ids.size, 4, 3))
     for i, (src, det, du, dv) in enumerate(geo.view_vectors()[view_ids]):
         normal = np.cross(du, dv)
@@ -241,9 +270,9 @@ def _projective_maps(geo: ConeBeamGeometry, view_ids: np.ndarray) -> np.ndarray:
                 )
             depth = np.array([0.0, 0.0, 0.0, 1.0])
             depth_scale = 1.0
-        # Pixel index i = column / (depth |axis|^2); grid coordinate (2 i + 1) / n - 1.
-        for c, (axis, n) in enumerate(((du, n_u), (dv, n_v))):
-            maps[i, :, c] = 2.0 / (n * (axis @ axis)) * columns[c] + (1.0 / n - 1.0) * depth
+        # Pixel index = column / (depth |axis|^2).
+        for c, axis in enumerate((du, dv)):
+            maps[i, :, c] = columns[c] / (axis @ axis)
         maps[i, :, 2] = depth
         maps[i] /= depth_scale
     return maps

@@ -15,7 +15,7 @@
 // block of planes of every axis and scatters every ray into its own planes only. The
 // sample work equals the forward's.
 
-#include <torch/extension.h>
+#include "kernels.h"
 
 #include <omp.h>
 
@@ -255,11 +255,12 @@ void forward_kernel(const Setup& s, int64_t n_views, const std::array<torch::Ten
             const Ray& r = row_rays.rays[u];
             const int64_t lo = std::max(i0, r.lo), hi = std::min(i0 + kPlanesPerTile - 1, r.hi);
             double sum = acc[u];
-            for (int64_t i = lo; i <= hi; ++i) {
+            const scalar_t* data = base[k] + lo * planes[k];
+            for (int64_t i = lo; i <= hi; ++i, data += planes[k]) {
               int64_t offset;
               double as, af;
               corner(r, i, row, offset, as, af);
-              const scalar_t* q = base[k] + i * planes[k] + offset;
+              const scalar_t* q = data + offset;
               sum += (1.0 - as) * ((1.0 - af) * q[0] + af * q[1]) +
                      as * ((1.0 - af) * q[row] + af * q[row + 1]);
             }
@@ -271,32 +272,6 @@ void forward_kernel(const Setup& s, int64_t n_views, const std::array<torch::Ten
       }
     }
   }
-}
-
-torch::Tensor projector_forward(const torch::Tensor& volume, const torch::Tensor& vectors,
-                                const torch::Tensor& voxel_size, int64_t n_v, int64_t n_u,
-                                bool parallel) {
-  TORCH_CHECK(volume.device().is_cpu() && volume.dim() == 3,
-              "volume: expected a (Z, Y, X) CPU tensor");
-  const int64_t n_views = vectors.size(0);
-  const Setup s = make_setup(vectors, voxel_size, volume.size(0), volume.size(1), volume.size(2),
-                             n_v, n_u, parallel);
-  const auto used = used_axes(s, n_views);
-  std::array<torch::Tensor, 3> slabs;
-  for (int k = 0; k < 3; ++k)
-    if (used[k]) {
-      const auto shape = padded_shape(s, k);
-      slabs[k] = make_slab(shape, volume.options());
-      slab_planes(slabs[k], shape)
-          .slice(1, 1, -1)
-          .slice(2, 1, -1)
-          .copy_(volume.permute({kPermute[k][0], kPermute[k][1], kPermute[k][2]}));
-    }
-  auto out = torch::zeros({n_views, n_v, n_u}, volume.options());
-  AT_DISPATCH_FLOATING_TYPES(volume.scalar_type(), "projector_forward", [&] {
-    forward_kernel<scalar_t>(s, n_views, slabs, out.data_ptr<scalar_t>());
-  });
-  return out;
 }
 
 template <typename scalar_t>
@@ -357,6 +332,36 @@ void backward_kernel(const Setup& s, int64_t n_views, const scalar_t* values,
   }
 }
 
+}  // namespace
+
+namespace nr_ops {
+
+torch::Tensor projector_forward(const torch::Tensor& volume, const torch::Tensor& vectors,
+                                const torch::Tensor& voxel_size, int64_t n_v, int64_t n_u,
+                                bool parallel) {
+  TORCH_CHECK(volume.device().is_cpu() && volume.dim() == 3,
+              "volume: expected a (Z, Y, X) CPU tensor");
+  const int64_t n_views = vectors.size(0);
+  const Setup s = make_setup(vectors, voxel_size, volume.size(0), volume.size(1), volume.size(2),
+                             n_v, n_u, parallel);
+  const auto used = used_axes(s, n_views);
+  std::array<torch::Tensor, 3> slabs;
+  for (int k = 0; k < 3; ++k)
+    if (used[k]) {
+      const auto shape = padded_shape(s, k);
+      slabs[k] = make_slab(shape, volume.options());
+      slab_planes(slabs[k], shape)
+          .slice(1, 1, -1)
+          .slice(2, 1, -1)
+          .copy_(volume.permute({kPermute[k][0], kPermute[k][1], kPermute[k][2]}));
+    }
+  auto out = torch::zeros({n_views, n_v, n_u}, volume.options());
+  AT_DISPATCH_FLOATING_TYPES(volume.scalar_type(), "projector_forward", [&] {
+    forward_kernel<scalar_t>(s, n_views, slabs, out.data_ptr<scalar_t>());
+  });
+  return out;
+}
+
 torch::Tensor projector_backward(const torch::Tensor& projections, const torch::Tensor& vectors,
                                  const torch::Tensor& voxel_size, int64_t nz, int64_t ny,
                                  int64_t nx, bool parallel) {
@@ -387,16 +392,4 @@ torch::Tensor projector_backward(const torch::Tensor& projections, const torch::
   return volume;
 }
 
-}  // namespace
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "Compiled CPU kernels of nr.ops";
-  m.def("projector_forward", &projector_forward,
-        "Joseph projection: (Z, Y, X) volume -> (N, V, U) line integrals", py::arg("volume"),
-        py::arg("vectors"), py::arg("voxel_size"), py::arg("n_v"), py::arg("n_u"),
-        py::arg("parallel"));
-  m.def("projector_backward", &projector_backward,
-        "Exact adjoint of projector_forward: (N, V, U) -> (Z, Y, X)", py::arg("projections"),
-        py::arg("vectors"), py::arg("voxel_size"), py::arg("nz"), py::arg("ny"), py::arg("nx"),
-        py::arg("parallel"));
-}
+}  // namespace nr_ops
