@@ -17,6 +17,7 @@ learning rates, densifying on the schedule of `DensityControl`.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import time
@@ -57,6 +58,23 @@ DEFAULT_GAUSSIAN_WARM_START = WarmStartConfig(steps=3200, crop=32, lr_factor=3.0
 SMALL_GRID = 64**3
 # The Gaussians' learning rates (`GaussianConfig` fields, each with a "_final" twin).
 LEARNING_RATES = ("lr_position", "lr_density", "lr_scale", "lr_rotation")
+
+
+@dataclass(frozen=True)
+class WarmStart:
+    """A representation fitted to a scan's classical start: where its loops begin.
+
+    Attributes:
+        representation: the fitted field or Gaussians (each loop trains a copy).
+        config: the recipe, with the scale resolved from the FDK (`auto_scale`).
+        record: what a loop's history records under "warm_start".
+        seconds: time spent on it (FDK, classical start, fit).
+    """
+
+    representation: Representation
+    config: Any  # HashGridReconConfig | GaussianReconConfig
+    record: dict[str, Any]
+    seconds: float
 
 
 @dataclass(frozen=True)
@@ -101,6 +119,7 @@ def reconstruct_hashgrid(
     volume_gt: torch.Tensor | None = None,
     out_dir: str | Path | None = None,
     hooks: Sequence[Hook] = (),
+    start: WarmStart | None = None,
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """Fit a `HashGridField` to the projections of `geo`.
 
@@ -111,6 +130,8 @@ def reconstruct_hashgrid(
         volume_gt: optional (Z, Y, X) ground truth for PSNR/SSIM curves.
         out_dir: checkpoints (resumed when present) and TensorBoard logs.
         hooks: hooks of the loop (e.g. a SliceFixer prior).
+        start: the warm start of these projections and `config` (`warm_start`), when
+            several loops share it; None fits it here.
 
     Returns:
         The (Z, Y, X) float32 CPU volume (attenuation per mm) and the history,
@@ -120,6 +141,18 @@ def reconstruct_hashgrid(
     if not isinstance(config, HashGridReconConfig):
         raise TypeError(f"config: expected a HashGridReconConfig, got {type(config).__name__}")
     check_projections(projections, geo)
+    if start is None:
+        start = _hashgrid_start(projections, geo, config, volume_gt, out_dir)
+    return _loop(projections, geo, start, volume_gt, out_dir, hooks)
+
+
+def _hashgrid_start(
+    projections: torch.Tensor,
+    geo: ConeBeamGeometry,
+    config: HashGridReconConfig,
+    volume_gt: torch.Tensor | None,
+    out_dir: str | Path | None,
+) -> WarmStart:
     called = time.perf_counter()
     if config.auto_scale:
         reference = fdk(projections.float().cpu(), geo)
@@ -144,13 +177,7 @@ def reconstruct_hashgrid(
     warm = {"start_seconds": time.perf_counter() - began}
     field = HashGridField(geo, config.field).to(projections.device)
     warm |= _warm_up(field, geo, start, config.train, config.warm_start, volume_gt, out_dir)
-    trainer = Trainer(field, projections, geo, config.train, volume_gt, hooks, out_dir)
-    setup = time.perf_counter() - called
-    history = trainer.run()
-    history["config"] = dataclasses.asdict(config)
-    history["warm_start"] = warm
-    history["setup_seconds"] = setup
-    return trainer.volume(), history
+    return WarmStart(field, config, warm, time.perf_counter() - called)
 
 
 @dataclass(frozen=True)
@@ -264,6 +291,7 @@ def reconstruct_gaussians(
     volume_gt: torch.Tensor | None = None,
     out_dir: str | Path | None = None,
     hooks: Sequence[Hook] = (),
+    start: WarmStart | None = None,
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """Fit Gaussians to the projections of `geo`; arguments as `reconstruct_hashgrid`.
 
@@ -278,6 +306,18 @@ def reconstruct_gaussians(
     if not isinstance(config, GaussianReconConfig):
         raise TypeError(f"config: expected a GaussianReconConfig, got {type(config).__name__}")
     check_projections(projections, geo)
+    if start is None:
+        start = _gaussian_start(projections, geo, config, volume_gt, out_dir)
+    return _loop(projections, geo, start, volume_gt, out_dir, hooks)
+
+
+def _gaussian_start(
+    projections: torch.Tensor,
+    geo: ConeBeamGeometry,
+    config: GaussianReconConfig,
+    volume_gt: torch.Tensor | None,
+    out_dir: str | Path | None,
+) -> WarmStart:
     called = time.perf_counter()
     reference = fdk(projections.float().cpu(), geo)
     unit = 1.0
@@ -295,13 +335,29 @@ def reconstruct_gaussians(
     means, densities, scales = initial_points(geo, config.init, seed_volume, unit)
     model = GaussianModel(geo, means, densities, scales, config.model).to(projections.device)
     warm |= _warm_up(model, geo, start, config.train, config.warm_start, volume_gt, out_dir)
-    trainer = Trainer(model, projections, geo, config.train, volume_gt, hooks, out_dir)
-    setup = time.perf_counter() - called
+    return WarmStart(model, config, warm, time.perf_counter() - called)
+
+
+def _loop(
+    projections: torch.Tensor,
+    geo: ConeBeamGeometry,
+    start: WarmStart,
+    volume_gt: torch.Tensor | None,
+    out_dir: str | Path | None,
+    hooks: Sequence[Hook],
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The projection loop from a copy of the warm start's representation."""
+    began = time.perf_counter()
+    representation = copy.deepcopy(start.representation)
+    config = start.config
+    trainer = Trainer(representation, projections, geo, config.train, volume_gt, hooks, out_dir)
+    setup = start.seconds + time.perf_counter() - began
     history = trainer.run()
     history["config"] = dataclasses.asdict(config)
-    history["warm_start"] = warm
+    history["warm_start"] = dict(start.record)
     history["setup_seconds"] = setup
-    history["gaussians"] = model.count
+    if isinstance(representation, GaussianModel):
+        history["gaussians"] = representation.count
     return trainer.volume(), history
 
 
@@ -394,6 +450,24 @@ def recipe(
     return dataclasses.replace(config, train=train, warm_start=warm)
 
 
+def warm_start(
+    projections: torch.Tensor,
+    geo: ConeBeamGeometry,
+    config: GaussianReconConfig | HashGridReconConfig,
+    volume_gt: torch.Tensor | None = None,
+) -> WarmStart:
+    """Everything before the loop of `reconstruct` (FDK scale, classical start, the
+    representation fitted to it), for several loops on the same projections and recipe
+    (e.g. DiffNR and the NR alone): each loop starts from its own copy, so they run exactly
+    as if each had fitted it. Arguments as `reconstruct`."""
+    check_projections(projections, geo)
+    if isinstance(config, GaussianReconConfig):
+        return _gaussian_start(projections, geo, config, volume_gt, None)
+    if isinstance(config, HashGridReconConfig):
+        return _hashgrid_start(projections, geo, config, volume_gt, None)
+    raise TypeError(f"config: expected a recon config, got {type(config).__name__}")
+
+
 def reconstruct(
     projections: torch.Tensor,
     geo: ConeBeamGeometry,
@@ -401,8 +475,9 @@ def reconstruct(
     volume_gt: torch.Tensor | None = None,
     out_dir: str | Path | None = None,
     hooks: Sequence[Hook] = (),
+    start: WarmStart | None = None,
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """`reconstruct_gaussians` or `reconstruct_hashgrid`, by the type of `config`."""
     if isinstance(config, GaussianReconConfig):
-        return reconstruct_gaussians(projections, geo, config, volume_gt, out_dir, hooks)
-    return reconstruct_hashgrid(projections, geo, config, volume_gt, out_dir, hooks)
+        return reconstruct_gaussians(projections, geo, config, volume_gt, out_dir, hooks, start)
+    return reconstruct_hashgrid(projections, geo, config, volume_gt, out_dir, hooks, start)

@@ -14,7 +14,7 @@ from nr.io import Scan
 from nr.metrics import truth_scores
 from nr.ops.projector import project
 from nr.priors.protocol import PriorHook, PriorSchedule
-from nr.recon import recipe
+from nr.recon import recipe, reconstruct
 from nr.train import TrainConfig, Trainer
 from pipelines import diffnr
 from slicefixer.model import SliceFixer
@@ -249,3 +249,28 @@ def test_bad_configurations_are_refused():
                 {"crop": 5}, {"blend_samples": 0}, {"warm_start": "fbp"}):  # fmt: skip
         with pytest.raises(ValueError, match=next(iter(bad))):
             DiffNRConfig(**bad)
+
+
+@pytest.mark.parametrize("nr", ["gaussians", "hashgrid"])
+def test_compare_fits_the_warm_start_once_and_changes_no_loop(nr, fixer_16px):
+    geo = ConeBeamGeometry.for_volume((16, 16, 16), (1.0, 1.0, 1.0), 6)
+    truth = torch.zeros(geo.volume_shape)
+    truth[4:12, 5:11, 3:13] = 1.0
+    scan = Scan(project(truth, geo), geo, truth)
+    config = dataclasses.replace(
+        DiffNRConfig.default(geo, nr, "slicefixer"),
+        checkpoint=str(fixer_16px),
+        iterations=4,
+        start=0.5,
+        every=0.25,
+        warm_start_steps=20,
+    )
+    result = run_diffnr(scan, config, load_prior(config), compare=True)
+    assert "warm_start" in result.metrics["timings_seconds"]
+    recon_config = config.recon_config(geo)
+    train = dataclasses.replace(recon_config.train, checkpoint_every=0)  # as run_diffnr's
+    alone, _ = reconstruct(
+        scan.projections, geo, dataclasses.replace(recon_config, train=train), truth
+    )
+    assert torch.equal(result.nr_volume, alone)
+    assert torch.equal(result.volume, run_diffnr(scan, config, load_prior(config)).volume)
