@@ -5,7 +5,8 @@
 // Forward: Gaussians are binned into blocks of whole x rows by 8 x 8 (y, z); each thread owns
 // whole blocks.
 // Backward: each thread owns whole Gaussians and gathers over their footprint.
-// Both walk rows of voxels along x (`row_walk`): no exp per voxel.
+// Both walk rows of voxels along x (`row_walk`): no exp per voxel, and within a z plane the
+// rows' starting exponentials follow from the previous row's (`RowStarts`): no exp per row.
 #include "kernels.h"
 
 #include <omp.h>
@@ -64,6 +65,12 @@ Box footprint(const scalar_t* mean, const scalar_t* p, scalar_t rho, double cuto
   return box;
 }
 
+// y offset from the mean of voxel row y, mm (in the voxels' precision, as the twin).
+template <typename scalar_t>
+inline scalar_t y_offset(const Grid& grid, const scalar_t* m, int64_t y) {
+  return scalar_t(grid.origin[1]) + scalar_t(y) * scalar_t(grid.spacing[1]) - m[1];
+}
+
 template <typename scalar_t>
 inline scalar_t power_at(const scalar_t* p, scalar_t dx, scalar_t dy, scalar_t dz) {
   return p[0] * dx * dx + p[3] * dy * dy + p[5] * dz * dz +
@@ -103,9 +110,49 @@ bool walk_whole_rows(const scalar_t* p) {
   return double(p[0]) * cof_x <= 2.0 * det;
 }
 
+// The two exponentials a row walk starts from at x = lo (exp(-power / 2) and the ratio to the
+// next voxel's), for the rows y = lo_y, lo_y + 1, ... of one z plane, by recurrence along y:
+// both are exponentials of quadratics in y, so each row's follow from the previous row's by
+// multiplications (three exps per plane instead of two per row, which cost more than the
+// walk of a small Gaussian's row). Valid only where every row start and its next voxel have
+// a power of at most kWalkPowerLimit: every factor then stays within double range.
+struct RowStarts {
+  bool valid = false;
+  double weight = 0, step = 0, step_factor = 0;  // exp(-power / 2) at (lo, y); its ratio to
+                                                 // y + 1's; that ratio's factor per row
+  double ratio = 0, ratio_factor = 0;            // the walk's x ratio at (lo, y); its factor
+
+  void next() {
+    weight *= step;
+    step *= step_factor;
+    ratio *= ratio_factor;
+  }
+};
+
+template <typename scalar_t>
+RowStarts row_starts(const scalar_t* p, scalar_t dx, scalar_t dy_first, scalar_t dy_last,
+                     scalar_t dz, const Grid& grid) {
+  RowStarts r;
+  const double hx = grid.spacing[0], hy = grid.spacing[1];
+  for (const scalar_t x_offset : {dx, scalar_t(dx + scalar_t(hx))})
+    for (const scalar_t y_offset : {dy_first, dy_last})
+      if (!(double(power_at(p, x_offset, y_offset, dz)) <= kWalkPowerLimit)) return r;
+  const double a = p[0], pxy = p[1], pxz = p[2], pyy = p[3], pyz = p[4];
+  const double x = dx, y = dy_first, z = dz;
+  const double b = pxy * y + pxz * z;
+  r.weight = std::exp(-0.5 * double(power_at(p, dx, dy_first, dz)));
+  r.step = std::exp(-0.5 * (pyy * (2.0 * y * hy + hy * hy) + 2.0 * (pxy * x + pyz * z) * hy));
+  r.step_factor = std::exp(-pyy * hy * hy);
+  r.ratio = std::exp(-0.5 * (a * (2.0 * x * hx + hx * hx) + 2.0 * b * hx));
+  r.ratio_factor = std::exp(-pxy * hy * hx);
+  r.valid = true;
+  return r;
+}
+
 template <typename scalar_t>
 Row<scalar_t> row_walk(const scalar_t* m, const scalar_t* p, bool whole, scalar_t dy, scalar_t dz,
-                       scalar_t limit, const Grid& grid, int64_t lo, int64_t hi) {
+                       scalar_t limit, const Grid& grid, int64_t lo, int64_t hi,
+                       const RowStarts& starts) {
   Row<scalar_t> row;
   const scalar_t x0 = scalar_t(grid.origin[0]) - m[0], h = scalar_t(grid.spacing[0]);
   auto inside = [&](int64_t x) { return power_at(p, x0 + scalar_t(x) * h, dy, dz) <= limit; };
@@ -145,6 +192,11 @@ Row<scalar_t> row_walk(const scalar_t* m, const scalar_t* p, bool whole, scalar_
     row.last = last;
   }
   row.dx_first = x0 + scalar_t(row.first) * h;
+  if (row.first == lo && starts.valid) {
+    row.weight = starts.weight;
+    row.ratio = starts.ratio;
+    return row;
+  }
   const double dx = row.dx_first, step = h;
   row.weight = std::exp(-0.5 * double(power_at(p, row.dx_first, dy, dz)));
   // power(dx + h) - power(dx) = a (2 dx h + h^2) + 2 b h; its own step is 2 a h^2.
@@ -209,9 +261,12 @@ void forward(const scalar_t* means, const scalar_t* precisions, const scalar_t* 
         }
         for (int64_t z = lo[2]; z <= hi[2]; ++z) {
           const scalar_t dz = scalar_t(grid.origin[2]) + scalar_t(z) * scalar_t(grid.spacing[2]) - m[2];
-          for (int64_t y = lo[1]; y <= hi[1]; ++y) {
-            const scalar_t dy = scalar_t(grid.origin[1]) + scalar_t(y) * scalar_t(grid.spacing[1]) - m[1];
-            const Row<scalar_t> row = row_walk(m, p, bool(whole[g]), dy, dz, limit, grid, lo[0], hi[0]);
+          RowStarts starts = row_starts(p, x0 + scalar_t(lo[0]) * h, y_offset(grid, m, lo[1]),
+                                        y_offset(grid, m, hi[1]), dz, grid);
+          for (int64_t y = lo[1]; y <= hi[1]; ++y, starts.next()) {
+            const scalar_t dy = y_offset(grid, m, y);
+            const Row<scalar_t> row =
+                row_walk(m, p, bool(whole[g]), dy, dz, limit, grid, lo[0], hi[0], starts);
             scalar_t* out = volume + (z * grid.size[1] + y) * grid.size[0];
             double weight = rho * row.weight, ratio = row.ratio;
             for (int64_t x = row.first; x <= row.last; ++x) {
@@ -242,9 +297,11 @@ void backward_gaussian(const scalar_t* m, const scalar_t* p, scalar_t rho, const
   const bool whole = walk_whole_rows(p);
   for (int64_t z = b.lo[2]; z <= b.hi[2]; ++z) {
     const scalar_t dz = scalar_t(grid.origin[2]) + scalar_t(z) * scalar_t(grid.spacing[2]) - m[2];
-    for (int64_t y = b.lo[1]; y <= b.hi[1]; ++y) {
-      const scalar_t dy = scalar_t(grid.origin[1]) + scalar_t(y) * scalar_t(grid.spacing[1]) - m[1];
-      const Row<scalar_t> row = row_walk(m, p, whole, dy, dz, limit, grid, b.lo[0], b.hi[0]);
+    RowStarts starts = row_starts(p, x0 + scalar_t(b.lo[0]) * scalar_t(h), y_offset(grid, m, b.lo[1]),
+                                  y_offset(grid, m, b.hi[1]), dz, grid);
+    for (int64_t y = b.lo[1]; y <= b.hi[1]; ++y, starts.next()) {
+      const scalar_t dy = y_offset(grid, m, y);
+      const Row<scalar_t> row = row_walk(m, p, whole, dy, dz, limit, grid, b.lo[0], b.hi[0], starts);
       if (row.first > row.last) continue;
       const scalar_t* in = grad_volume + (z * grid.size[1] + y) * grid.size[0];
       // The row's moments sum_x g w dx^k (k = 0, 1, 2), with dx counted from `first`.
