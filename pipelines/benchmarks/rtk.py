@@ -58,6 +58,7 @@ REPEAT = 3
 def run(quick: bool) -> str:
     """The Markdown body: set-up, the table, the memory used."""
     threads = torch.get_num_threads()
+    load_before = os.getloadavg()[0]
     previous = rtk.set_threads(threads)
     try:
         rows, memory = [], []
@@ -92,6 +93,10 @@ def run(quick: bool) -> str:
         "",
         "Peak resident memory of the process after each size (both sides' arrays and "
         f"images): {'; '.join(memory)}. Machine memory {total:.0f} GB: {verdict}.",
+        "",
+        f"Machine load (1-minute load average, {os.cpu_count()} cores) at the start "
+        f"{load_before:.2f}, at the end {os.getloadavg()[0]:.2f}: other jobs share the cores "
+        "with both sides alike when it exceeds the threads used.",
     ]
     return "\n".join(lines)
 
