@@ -30,6 +30,8 @@ from nr.io import (
     write_nifti,
 )
 from nr.io.resample import resample_cube
+from nr.memory import METHODS as MEMORY_METHODS
+from nr.memory import InsufficientMemoryError, check_memory
 from nr.metrics import scan_quality
 from nr.ops.noise import NoiseConfig
 from nr.viz import save_montage
@@ -295,8 +297,25 @@ def add_nr_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def check_fits(method: str, geo: ConeBeamGeometry, config: Any = None) -> None:
+    """Stop a run that will not fit in memory before it starts (`nr.memory.check_memory`;
+    methods without a memory model are not checked): one line naming the remedy."""
+    if method not in MEMORY_METHODS:
+        return
+    needed = check_memory(method, geo, config, remedy=_size_remedy)
+    if needed is not None:
+        LOG.info("memory: about %.1f GB at its peak (nr.memory)", needed / 1e9)
+
+
+def _size_remedy(side: int) -> str:
+    if side == 0:
+        return "free memory"
+    return f"use --size {side} or less (volume inputs), or free memory"
+
+
 # Failures a user can cause and fix (bad or missing input, bad option values, missing weights
-# or optional packages): one line on stderr and exit status 2, no traceback.
+# or optional packages, a run too large for the memory available): one line on stderr and exit
+# status 2, no traceback.
 EXPECTED_ERRORS = (
     FileNotFoundError,
     FileExistsError,
@@ -306,6 +325,7 @@ EXPECTED_ERRORS = (
     ValueError,
     TypeError,
     ImportError,
+    InsufficientMemoryError,
 )
 
 

@@ -30,6 +30,7 @@ from pipelines.common import (
     add_nr_arguments,
     add_scan_arguments,
     caption,
+    check_fits,
     resolve_scan,
     run_command,
     slice_axes,
@@ -93,6 +94,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.manual_seed(args.seed)
     scan = resolve_scan(args.input, args.views, args.noise, args.seed, args.size)
     config = config_from_args(args, scan.geo)
+    check_fits(config.nr, scan.geo, config.recon_config(scan.geo))  # the prior's model aside
     prior = load_prior(config)
     out = RunFolder(args.out)  # only once the inputs are known to be good: no partial output
     LOG.info("scan: %d views, volume %s", scan.geo.n_views, "x".join(map(str, scan.geo.n_voxel)))

@@ -40,6 +40,7 @@ from pipelines.common import (
     add_nr_arguments,
     add_scan_arguments,
     caption,
+    check_fits,
     quality,
     resolve_scan,
     run_command,
@@ -100,13 +101,6 @@ def main(argv: list[str] | None = None) -> dict:
         geometry=args.geometry,
         center=args.center,
     )
-    out = RunFolder(args.out)  # only once the inputs are known to be good: no partial output
-    LOG.info(
-        "scan: %d views of %s, volume %s",
-        scan.geo.n_views,
-        "x".join(map(str, scan.geo.n_detector)),
-        "x".join(map(str, scan.geo.n_voxel)),
-    )
     history = None
     if args.method in CLASSICAL:
         run, config = classical_method(args.method, args.filter)
@@ -129,6 +123,14 @@ def main(argv: list[str] | None = None) -> dict:
             )
             return volume
 
+    check_fits(args.method, scan.geo, None if args.method == "fdk" else config)
+    out = RunFolder(args.out)  # only once the inputs are known to be good: no partial output
+    LOG.info(
+        "scan: %d views of %s, volume %s",
+        scan.geo.n_views,
+        "x".join(map(str, scan.geo.n_detector)),
+        "x".join(map(str, scan.geo.n_voxel)),
+    )
     out.write_json(
         "config.json",
         {
