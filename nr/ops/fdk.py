@@ -34,8 +34,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from nr.geometry import ConeBeamGeometry
 from nr._ext import require_compiled, use_compiled
+from nr.geometry import ConeBeamGeometry
 from nr.ops.projector import _view_ids, check_projections
 
 FILTERS = ("ram_lak", "shepp_logan", "cosine", "hamming", "hann")
