@@ -36,13 +36,15 @@ iteration, the hash grid at 160^3. What they say:
   rendered pixel (the projections and their 2D SSIM under autograd) and 300 per Gaussian
   (parameters, gradients, Adam's moments, the kernels' buffers; neither term could be told
   from the run-to-run spread at 128^3, so both are set from the tensors' sizes).
+  At 256^3 with 100 views they peaked at 3.11 GiB, 8 % above this estimate, when the loop's
+  last iteration evaluated the volume against the ground truth.
 - The hash grid: 380 MB more (its tables and their Adam moments), about 930 bytes per point
   of one chunk of field evaluations (2^21 points) and 29 per voxel; not yet checked above
   160^3.
 
 Below about 203^3 voxels a float32 volume is smaller than the 32 MiB above which glibc's
 allocator always maps fresh memory, so freed volumes stay in its heap and the same run peaks
-`HEAP_FACTOR` times higher per voxel (ASD-POCS: 136 bytes per voxel at 128^3, 82 at 256^3);
+`HEAP_FACTOR` times higher per voxel (ASD-POCS: 136 bytes per voxel at 128^3, 81 at 256^3);
 its peak also varies by up to a third from one process to the next, and the coefficients
 follow the larger measurements. The check is meant to stop a run that cannot fit, not to
 budget to the megabyte.

@@ -174,7 +174,7 @@ def _measure(job: dict[str, Any]) -> dict[str, Any]:
         volume, history = reconstruct(projections, geo, config, truth, start=start)
         row["loop_peak_mb"] = peak_mb()
         row["loop_seconds"] = history["wall_time"]
-        row["iterations"] = config.train.iterations
+        row["loop_iterations"] = config.train.iterations
         row["loop_views_per_iteration"] = config.train.views_per_iteration
         row["gaussians"] = history.get("gaussians")
     row["seconds"] = time.perf_counter() - started
@@ -197,7 +197,8 @@ def _child(command: str, job: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def _key(job: dict[str, Any]) -> str:
-    extra = "".join(f",{k}={job[k]}" for k in OVERRIDES if k in job)
+    """A job's (and its row's) identity; runs take no overrides."""
+    extra = "".join(f",{k}={job[k]}" for k in OVERRIDES if k in job and job["kind"] != "run")
     return "/".join(str(job[k]) for k in ("kind", "volume", "size", "views", "method")) + extra
 
 
@@ -260,7 +261,9 @@ def table(rows: list[dict[str, Any]]) -> str:
         "pre-flight check of `pipelines.recon` and `pipelines.diffnr`). PSNR/SSIM against "
         "the truth (data range 1). Gaussians: the default recipe "
         '(`nr.recon.recipe("gaussians", shape, views)`), its warm start (FDK, ASD-POCS, '
-        "seeding, volume fit) and loop timed and measured apart.",
+        "seeding, volume fit) and loop timed and measured apart. The FDK and ASD-POCS rows "
+        "at 256^3 and the calibration below set `nr.memory`'s coefficients; the Gaussians' "
+        "estimate at 256^3 is a prediction.",
         "",
         "| volume | size | views | method | threads | wall time | peak memory | estimate | "
         "PSNR (dB) | SSIM |",
@@ -284,9 +287,10 @@ def table(rows: list[dict[str, Any]]) -> str:
                 f"(ASD-POCS {_duration(warm['start_seconds'])}, fit of {warm['steps']} steps "
                 f"{_duration(warm.get('fit_seconds', 0.0))}; ASD-POCS {warm['start_psnr']:.2f} "
                 f"dB, fitted Gaussians {warm['fitted_psnr']:.2f} dB), peak "
-                f"{r['warm_start_peak_mb'] / 1024:.2f} GiB; loop of {r['iterations']} iterations "
-                f"x {r['loop_views_per_iteration']} views {_duration(r['loop_seconds'])}, peak "
-                f"{r['loop_peak_mb'] / 1024:.2f} GiB; {r['gaussians']:,} Gaussians at the end.",
+                f"{r['warm_start_peak_mb'] / 1024:.2f} GiB; loop of {r['loop_iterations']} "
+                f"iterations x {r['loop_views_per_iteration']} views "
+                f"{_duration(r['loop_seconds'])}, peak {r['loop_peak_mb'] / 1024:.2f} GiB; "
+                f"{r['gaussians']:,} Gaussians at the end.",
             ]
     repeats: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
