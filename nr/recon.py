@@ -141,9 +141,10 @@ def reconstruct_hashgrid(
     if not isinstance(config, HashGridReconConfig):
         raise TypeError(f"config: expected a HashGridReconConfig, got {type(config).__name__}")
     check_projections(projections, geo)
+    shared = start is not None
     if start is None:
         start = _hashgrid_start(projections, geo, config, volume_gt, out_dir)
-    return _loop(projections, geo, start, volume_gt, out_dir, hooks)
+    return _loop(projections, geo, start, shared, volume_gt, out_dir, hooks)
 
 
 def _hashgrid_start(
@@ -306,9 +307,10 @@ def reconstruct_gaussians(
     if not isinstance(config, GaussianReconConfig):
         raise TypeError(f"config: expected a GaussianReconConfig, got {type(config).__name__}")
     check_projections(projections, geo)
+    shared = start is not None
     if start is None:
         start = _gaussian_start(projections, geo, config, volume_gt, out_dir)
-    return _loop(projections, geo, start, volume_gt, out_dir, hooks)
+    return _loop(projections, geo, start, shared, volume_gt, out_dir, hooks)
 
 
 def _gaussian_start(
@@ -342,13 +344,15 @@ def _loop(
     projections: torch.Tensor,
     geo: ConeBeamGeometry,
     start: WarmStart,
+    shared: bool,
     volume_gt: torch.Tensor | None,
     out_dir: str | Path | None,
     hooks: Sequence[Hook],
 ) -> tuple[torch.Tensor, dict[str, Any]]:
-    """The projection loop from a copy of the warm start's representation."""
+    """The projection loop from the warm start's representation (from a copy when the start
+    is `shared` with other loops)."""
     began = time.perf_counter()
-    representation = copy.deepcopy(start.representation)
+    representation = copy.deepcopy(start.representation) if shared else start.representation
     config = start.config
     trainer = Trainer(representation, projections, geo, config.train, volume_gt, hooks, out_dir)
     setup = start.seconds + time.perf_counter() - began

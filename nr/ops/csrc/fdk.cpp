@@ -17,6 +17,12 @@
 
 namespace {
 
+// Bilinear interpolation of the 2 x 2 pixels from q (rows `row` apart) at fractions (au, av).
+template <typename scalar_t>
+inline double interpolate(const scalar_t* q, int64_t row, double au, double av) {
+  return (1.0 - av) * ((1.0 - au) * q[0] + au * q[1]) + av * ((1.0 - au) * q[row] + au * q[row + 1]);
+}
+
 // The bilinear sample of a padded view at padded indices (tu, tv), or false when no
 // corner is on the detector (a corner is in the padded view iff 0 <= t < n + 1).
 template <typename scalar_t>
@@ -24,9 +30,8 @@ inline bool bilinear(const scalar_t* view, int64_t row, double u_end, double v_e
                      double tv, double& sample) {
   if (!(tu >= 0.0 && tu < u_end && tv >= 0.0 && tv < v_end)) return false;
   const int64_t iu = static_cast<int64_t>(tu), iv = static_cast<int64_t>(tv);
-  const double au = tu - static_cast<double>(iu), av = tv - static_cast<double>(iv);
-  const scalar_t* q = view + iv * row + iu;
-  sample = (1.0 - av) * ((1.0 - au) * q[0] + au * q[1]) + av * ((1.0 - au) * q[row] + au * q[row + 1]);
+  sample = interpolate(view + iv * row + iu, row, tu - static_cast<double>(iu),
+                       tv - static_cast<double>(iv));
   return true;
 }
 
@@ -112,10 +117,8 @@ void backproject_columns(const scalar_t* padded, int64_t n_views, int64_t n_v, i
             const double tv = pv0 * c[j].weight + c[j].tv_x;
             if (c[j].offset < 0 || !(tv >= 0.0 && tv < v_end)) continue;
             const int64_t iv = static_cast<int64_t>(tv);
-            const double av = tv - static_cast<double>(iv), au = c[j].au;
-            const scalar_t* q = view + iv * row + c[j].offset;
-            const double sample = (1.0 - av) * ((1.0 - au) * q[0] + au * q[1]) +
-                                  av * ((1.0 - au) * q[row] + au * q[row + 1]);
+            const double sample = interpolate(view + iv * row + c[j].offset, row, c[j].au,
+                                              tv - static_cast<double>(iv));
             acc[j] += sample * c[j].weight * c[j].weight;
           }
         }
