@@ -108,6 +108,11 @@ class PairDataset(torch.utils.data.Dataset):
             artifact = handle.get_slice(f"artifact_{axis}")[row : row + 1]
             clean = handle.get_slice(f"clean_{axis}")[row : row + 1]
             index = int(handle.get_slice(f"index_{axis}")[row : row + 1][0])
+            iteration = (  # the row's state; datasets curated before states: the shard's
+                int(handle.get_slice(f"iteration_{axis}")[row : row + 1][0])
+                if f"iteration_{axis}" in handle.keys()
+                else shard["iterations"]
+            )
             biplanar = handle.get_tensor("biplanar")
         return {
             "artifact": torch.from_numpy(np.asarray(artifact, dtype=np.float32)),
@@ -118,7 +123,7 @@ class PairDataset(torch.utils.data.Dataset):
             "representation": shard["representation"],
             "subset": shard["subset"],
             "views": shard["views"],
-            "iterations": shard["iterations"],
+            "iterations": iteration,
             "axis": axis,
             "index": index,
         }

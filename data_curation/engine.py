@@ -62,19 +62,23 @@ def find_volumes(inputs: Sequence[str | os.PathLike]) -> list[Path]:
 
 
 def read_data_manifest(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
-    """File name -> {"anatomy", "key"} from a data manifest (the development volumes' MANIFEST.json)
-    (a JSON object of entries with "file", optional "anatomy" and "key")."""
+    """File name -> {"anatomy", "key"} from a data manifest: a JSON object of entries (the
+    development volumes' MANIFEST.json) or a list of them (the corpus's), each with "file",
+    optional "anatomy" (or "body_part") and "key"."""
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as error:
         raise ValueError(f"manifest: cannot read {path} as JSON ({error})") from error
+    if isinstance(data, list):
+        data = {str(i): entry for i, entry in enumerate(data)}
     if not isinstance(data, dict):
-        raise ValueError(f"manifest: expected a JSON object of entries in {path}")
+        raise ValueError(f"manifest: expected a JSON object or list of entries in {path}")
     table = {}
     for name, entry in data.items():
         if not isinstance(entry, dict) or "file" not in entry:
             raise ValueError(f"manifest: entry {name!r} of {path} has no 'file'")
-        table[entry["file"]] = {"anatomy": entry.get("anatomy"), "key": entry.get("key")}
+        anatomy = entry.get("anatomy", entry.get("body_part"))
+        table[entry["file"]] = {"anatomy": anatomy, "key": entry.get("key")}
     return table
 
 
@@ -146,7 +150,7 @@ def curate(
     out: str | os.PathLike,
     config: CurationConfig,
     *,
-    data_manifest: str | os.PathLike | None = None,
+    data_manifest: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
     workers: int = 1,
     scheduler: Any = None,
     progress: bool = True,
@@ -157,7 +161,7 @@ def curate(
         volumes: files and folders (`find_volumes`).
         out: dataset folder.
         config: the recipe; must equal the one recorded when resuming.
-        data_manifest: optional JSON giving each file's anatomy and NPZ key
+        data_manifest: optional JSON file(s) giving each file's anatomy and NPZ key
             (`read_data_manifest`); others get ``config.anatomy``.
         workers: local processes (0: run in this process, for debugging).
         scheduler: Dask scheduler address ("tcp://host:8786") or a
@@ -183,7 +187,12 @@ def curate(
     if manifest["config"] != recipe:
         raise ValueError(f"out: {out} holds a dataset curated with another configuration "
                          f"({out / 'manifest.json'}); choose a new --out or the same options")
-    table = read_data_manifest(data_manifest) if data_manifest is not None else {}
+    manifests = (
+        [] if data_manifest is None
+        else [data_manifest] if isinstance(data_manifest, (str, os.PathLike))
+        else list(data_manifest)
+    )
+    table = {file: entry for path in manifests for file, entry in read_data_manifest(path).items()}
     paths = find_volumes(volumes)
     refuse_heldout(paths, "volumes")
     by_source = {}

@@ -16,6 +16,12 @@ random fraction of that count. Built in:
 - "sart": SART from zero (`nr.ops.iterative.sart`), standard count 20
   (R2-Gaussian's baseline); cheap, for tests and for iterative-artifact data
   (docs/history.md, "SliceFixer").
+- "diffnr_gaussians", "diffnr_hashgrid": the volumes DiffNR hands its prior. One run of
+  the NR exactly as `pipelines.diffnr` runs it on this scan (`nr.diffnr.DiffNRConfig.default`:
+  the recipe sized to the grid and view count, the warm start, the guard's validation
+  protocol), recording the volume at every iteration where the prior would be called;
+  the run stops after the last one. The iteration count drawn by the plan is not used
+  (their standard count is 1): `states` returns the recorded volumes by iteration.
 
 The neural packages are imported only when their reconstructor is first used,
 so curating with "sart" never needs them. `register` adds a user's own method.
@@ -34,7 +40,10 @@ import torch
 from nr.geometry import ConeBeamGeometry
 from nr.ops.iterative import SARTConfig, sart
 
-ReconstructFn = Callable[[torch.Tensor, ConeBeamGeometry, int, int], torch.Tensor]
+ReconstructFn = Callable[
+    [torch.Tensor, ConeBeamGeometry, int, int],
+    torch.Tensor | list[tuple[int, torch.Tensor]],
+]
 
 # Standard iteration count of SART (R2-Gaussian's TIGRE baseline, nr.ops.iterative.SARTConfig).
 SART_STANDARD_ITERATIONS = SARTConfig().n_iter
@@ -46,7 +55,8 @@ class Reconstructor:
 
     Attributes:
         name: registry key (also written in the manifest).
-        reconstruct: ``(projections, geo, iterations, seed) -> (Z, Y, X) volume``.
+        reconstruct: ``(projections, geo, iterations, seed) -> (Z, Y, X) volume``, or a
+            list of ``(iteration, volume)`` for a method that records several states of a run.
         standard_iterations: the iteration count of a full (converged) run.
     """
 
@@ -57,19 +67,34 @@ class Reconstructor:
     def __call__(
         self, projections: torch.Tensor, geo: ConeBeamGeometry, iterations: int, seed: int
     ) -> torch.Tensor:
-        """Run the method; returns the (Z, Y, X) float32 CPU volume, checked for shape."""
+        """Run the method; returns the (Z, Y, X) float32 CPU volume (a multi-state method's
+        last state), checked for shape."""
+        return self.states(projections, geo, iterations, seed)[-1][1]
+
+    def states(
+        self, projections: torch.Tensor, geo: ConeBeamGeometry, iterations: int, seed: int
+    ) -> list[tuple[int, torch.Tensor]]:
+        """Run the method; returns [(iteration, (Z, Y, X) float32 CPU volume), ...]: one
+        volume, or every state a multi-state method records (its last is what `__call__`
+        returns)."""
         if isinstance(iterations, bool) or not isinstance(iterations, (int, np.integer)):
             raise TypeError(f"iterations: expected an int, got {type(iterations).__name__}")
         if iterations < 1:
             raise ValueError(f"iterations: expected >= 1, got {iterations}")
-        volume = self.reconstruct(projections, geo, int(iterations), int(seed))
-        volume = torch.as_tensor(volume).detach().cpu().float()
-        if tuple(volume.shape) != geo.volume_shape:
-            raise ValueError(
-                f"reconstructor {self.name!r}: returned shape {tuple(volume.shape)}, "
-                f"expected {geo.volume_shape}"
-            )
-        return volume
+        result = self.reconstruct(projections, geo, int(iterations), int(seed))
+        states = result if isinstance(result, list) else [(int(iterations), result)]
+        checked = []
+        for iteration, volume in states:
+            volume = torch.as_tensor(volume).detach().cpu().float()
+            if tuple(volume.shape) != geo.volume_shape:
+                raise ValueError(
+                    f"reconstructor {self.name!r}: returned shape {tuple(volume.shape)}, "
+                    f"expected {geo.volume_shape}"
+                )
+            checked.append((int(iteration), volume))
+        if not checked:
+            raise ValueError(f"reconstructor {self.name!r}: returned no volume")
+        return checked
 
 
 _REGISTRY: dict[str, Reconstructor] = {}
@@ -179,6 +204,60 @@ def _load_gaussians() -> Reconstructor:
     return Reconstructor("gaussians", reconstruct, int(config_cls.default().train.iterations))
 
 
+class _LoopEnded(Exception):
+    """Raised by `_RecordStates` after the last state: the rest of the loop is not needed."""
+
+
+class _RecordStates:
+    """A `nr.train.Hook` on a DiffNR prior schedule that records the volume where the prior
+    would be called (while the validation views are held out, never at the last iteration,
+    as `nr.priors.protocol.PriorHook`) and ends the loop after the last such call."""
+
+    loss_every = 1
+
+    def __init__(self, start: int, every: int) -> None:
+        self.start, self.every = start, every
+        self.states: list[tuple[int, torch.Tensor]] = []
+
+    def __call__(self, trainer, iteration: int) -> None:
+        if trainer.holding_out and iteration < trainer.config.iterations:
+            self.states.append((iteration, trainer.volume().detach().cpu().clone()))
+        if iteration + self.every > min(trainer.config.validation_until,
+                                        trainer.config.iterations - 1):
+            raise _LoopEnded
+
+
+def _load_diffnr(nr: str) -> Callable[[], Reconstructor]:
+    """The "diffnr_<nr>" reconstructor (module docstring)."""
+
+    def load() -> Reconstructor:
+        config_cls, = _import(f"diffnr_{nr}", "nr.diffnr", "DiffNRConfig")
+        reconstruct_nr, = _import(f"diffnr_{nr}", "nr.recon", "reconstruct")
+
+        def reconstruct(projections, geo, iterations, seed):
+            config = dataclasses.replace(config_cls.default(geo, nr, "none"), seed=seed)
+            recon_config = config.recon_config(geo)
+            recon_config = dataclasses.replace(
+                recon_config,
+                train=dataclasses.replace(recon_config.train, progress=False, eval_every=0,
+                                          checkpoint_every=0),
+            )
+            schedule = config.schedule(recon_config)
+            recorder = _RecordStates(schedule.start, schedule.every)
+            try:
+                reconstruct_nr(projections.float().contiguous(), geo, recon_config,
+                               hooks=[recorder])
+            except _LoopEnded:
+                pass
+            return recorder.states
+
+        return Reconstructor(f"diffnr_{nr}", reconstruct, 1)
+
+    return load
+
+
 register(Reconstructor("sart", _sart, SART_STANDARD_ITERATIONS))
 _LAZY["hashgrid"] = _load_hashgrid
 _LAZY["gaussians"] = _load_gaussians
+_LAZY["diffnr_gaussians"] = _load_diffnr("gaussians")
+_LAZY["diffnr_hashgrid"] = _load_diffnr("hashgrid")

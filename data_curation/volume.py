@@ -95,8 +95,8 @@ def _reconstruct_job(
 ) -> dict[str, Any]:
     ids = np.asarray(job.view_ids, dtype=np.int64)
     reconstructor = get_reconstructor(job.representation)
-    artifact = reconstructor(dense[ids].contiguous(), geo.subset(ids), job.iterations, job.seed)
-    artifact = artifact.numpy()
+    states = reconstructor.states(dense[ids].contiguous(), geo.subset(ids), job.iterations,
+                                  job.seed)
     biplanar = biplanar_views(geo.angles, ids)
     tensors: dict[str, np.ndarray] = {
         "biplanar": dense[biplanar].numpy().astype(np.float32),
@@ -104,11 +104,16 @@ def _reconstruct_job(
         "view_ids": ids,
     }
     pairs_per_axis = {}
-    for axis in config.axes:
-        art, ref, index = slice_pairs(artifact, clean, axis, config.min_foreground)
+    for axis in config.axes:  # the states' pairs one after the other
+        cut = [slice_pairs(volume.numpy(), clean, axis, config.min_foreground)
+               for _, volume in states]
+        art, ref, index = (np.concatenate(parts) for parts in zip(*cut, strict=True))
         tensors[f"artifact_{axis}"] = np.ascontiguousarray(art.astype(config.slice_dtype))
         tensors[f"clean_{axis}"] = np.ascontiguousarray(ref.astype(config.slice_dtype))
         tensors[f"index_{axis}"] = index
+        tensors[f"iteration_{axis}"] = np.concatenate(
+            [np.full(len(c[2]), it, dtype=np.int32) for (it, _), c in zip(states, cut, strict=True)]
+        )
         pairs_per_axis[axis] = int(index.size)
     record = {
         "file": f"{SHARDS}/{volume_id}/{job.name}.safetensors",
@@ -121,6 +126,7 @@ def _reconstruct_job(
         "iterations": job.iterations,
         "standard_iterations": job.standard_iterations,
         "iters_fraction": job.fraction,
+        "state_iterations": [iteration for iteration, _ in states],
         "seed": job.seed,
         "pairs_per_axis": pairs_per_axis,
         "pairs": sum(pairs_per_axis.values()),

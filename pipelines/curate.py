@@ -73,8 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--representations", type=_names, default=default.representations,
         help=f"underfit reconstructors from {','.join(available())} "
         "(default hashgrid,gaussians)")
-    add("--mix", type=_ratio, default=default.mix,
-        help="share of each representation, e.g. 1:1 (default), one weight per representation")
+    add("--mix", type=_ratio, default=None,
+        help="share of each representation, e.g. 1:1, one weight per representation "
+        "(default: equal shares)")
     add("--iters-fraction", type=_range, default=default.iters_fraction,
         help="LOW:HIGH fraction of the standard iteration count (default 0.25:0.5)")
     add("--iterations", type=_override, action="append", default=[], metavar="NAME=N",
@@ -92,9 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(default 0.05; 0 keeps all)")
     add("--dtype", choices=SLICE_DTYPES, default=default.slice_dtype,
         help="slice storage dtype (default float16)")
-    add("--manifest", type=Path, default=None,
-        help="data manifest (JSON entries with 'file', 'anatomy', 'key') giving each file's "
-        "anatomy and NPZ key")
+    add("--manifest", type=Path, nargs="+", default=None,
+        help="data manifest(s) (JSON entries with 'file', 'anatomy' or 'body_part', 'key') "
+        "giving each file's anatomy and NPZ key")
     add("--anatomy", default=default.anatomy,
         help="anatomy of files the data manifest does not list (default generic)")
     add("--prompt", default=default.prompt, help=f"prompt template (default {default.prompt!r})")
@@ -113,7 +114,8 @@ def config_from_args(args: argparse.Namespace) -> CurationConfig:
     """The `CurationConfig` the command-line options describe."""
     return CurationConfig(
         views=args.views, dense_views=args.dense_views, subsets=args.subsets,
-        representations=args.representations, mix=args.mix, iters_fraction=args.iters_fraction,
+        representations=args.representations,
+        mix=args.mix or (1.0,) * len(args.representations), iters_fraction=args.iters_fraction,
         standard_iterations=dict(args.iterations), size=args.size or None, box_mm=args.box_mm,
         noise_i0=args.noise_i0 or None, axes=args.axes, min_foreground=args.min_foreground,
         slice_dtype=args.dtype, anatomy=args.anatomy, prompt=args.prompt, seed=args.seed,

@@ -19,8 +19,8 @@ from nr.geometry import ConeBeamGeometry
 from nr.phantoms import shepp_logan_3d, voxelise
 from pipelines.curate import main
 
-# Two iterations of SART: the standard count 4 times the fraction 0.5.
-ARGS = ["--views", "4,8", "--dense-views", "24", "--representations", "sart", "--mix", "1",
+# Two iterations of SART: the standard count 4 times the fraction 0.5 (no --mix: equal shares).
+ARGS = ["--views", "4,8", "--dense-views", "24", "--representations", "sart",
         "--iterations", "sart=4", "--iters-fraction", "0.5:0.5", "--size", "16",
         "--axes", "z,x", "--seed", "3", "--no-progress"]
 CONFIG = CurationConfig(views=(4, 8), dense_views=24, representations=("sart",), mix=(1,),
@@ -229,3 +229,44 @@ def test_neural_mix_one_to_one(inputs, tmp_path, short_gaussian_warm_start):
     assert sorted(s["representation"] for s in entry["shards"]) == ["gaussians", "hashgrid"]
     assert {s["iterations"] for s in entry["shards"]} == {1}
     assert len(PairDataset(tmp_path / "neural", representations=["gaussians"])) > 0
+
+
+def test_diffnr_states_are_the_prior_calls_of_the_loop(inputs, tmp_path, monkeypatch):
+    """"diffnr_gaussians" records the NR where DiffNR's prior would be called (start, every,
+    while the validation views are held out) and one shard holds every state's pairs."""
+    import nr.diffnr
+
+    default = nr.diffnr.DiffNRConfig.default.__func__
+
+    def short(cls, geo, nr_name="gaussians", prior=None):
+        config = default(cls, geo, nr_name, prior)
+        return dataclasses.replace(config, iterations=40, warm_start_steps=10)
+
+    monkeypatch.setattr(nr.diffnr.DiffNRConfig, "default", classmethod(short))
+    config = dataclasses.replace(CONFIG, views=(8,), representations=("diffnr_gaussians",),
+                                 subsets=("uniform",), axes=("z",))
+    manifest = curate([inputs / "head.npz"], tmp_path / "loop", config, workers=0,
+                      progress=False)
+    (entry,) = manifest["volumes"].values()
+    (shard,) = entry["shards"]
+    # 40 iterations: calls from 0.5 * 40 every 0.125 * 40 while held out (to 0.75 * 40)
+    assert shard["state_iterations"] == [20, 25, 30]
+    dataset = PairDataset(tmp_path / "loop")
+    per_state = shard["pairs"] // 3
+    assert shard["pairs"] == 3 * per_state > 0 and len(dataset) == shard["pairs"]
+    assert [dataset[i]["iterations"] for i in (0, per_state, 2 * per_state)] == [20, 25, 30]
+    first, second = dataset[0], dataset[per_state]
+    assert first["index"] == second["index"]
+    assert torch.equal(first["clean"], second["clean"])
+    assert not torch.equal(first["artifact"], second["artifact"])
+
+
+def test_data_manifest_as_a_list_of_entries(tmp_path):
+    from data_curation.engine import read_data_manifest
+
+    path = tmp_path / "MANIFEST.json"
+    path.write_text(json.dumps([{"name": "a", "file": "a.npz", "body_part": "knee"}]))
+    assert read_data_manifest(path) == {"a.npz": {"anatomy": "knee", "key": None}}
+    path.write_text(json.dumps([{"name": "a"}]))
+    with pytest.raises(ValueError, match="has no 'file'"):
+        read_data_manifest(path)

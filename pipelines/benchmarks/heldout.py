@@ -11,14 +11,16 @@ true change in PSNR against the volume it was made from.
 
 Hours on 2 cores: each finished row is appended at once to ``ROWS`` (committed with the
 repository) and a new run skips the rows already there, so the benchmark resumes where it
-stopped. Two processes of one thread each can share it (``OMP_NUM_THREADS=1``, started
-twice): each claims a job before it starts it (``WORK/claims``). ``--quick`` runs the
-Gaussians at 64^3 on the first three volumes. A row "NR, all views" fits the NR to every view
-from the start: the cost of the protocol.
+stopped; a DiffNR row records the prior's weights (`_prior_weights`) and is measured again
+when other weights are shipped. Two processes of one thread each can share it
+(``OMP_NUM_THREADS=1``, started twice): each claims a job before it starts it
+(``WORK/claims``). ``--quick`` runs the Gaussians at 64^3 on the first three volumes. A row
+"NR, all views" fits the NR to every view from the start: the cost of the protocol.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -28,7 +30,9 @@ from typing import Any
 
 import torch
 
+from data_curation.manifest import file_sha256
 from data_curation.splits import load_splits
+from nr.assets import asset_path
 from nr.diffnr import DiffNRConfig, run_diffnr
 from nr.io import Scan, read_scan, write_scan
 from nr.metrics import truth_scores
@@ -44,6 +48,7 @@ ROWS = Path(__file__).resolve().parents[2] / "docs" / "heldout_rows.jsonl"
 WORK = Path("runs") / "benchmark-heldout"
 SIZES, VIEWS = (64, 128), (10, 25)
 NRS, PRIORS = ("gaussians", "hashgrid"), ("slicefixer", "diffusionblend")
+PRIOR_ASSETS = {"slicefixer": "slicefixer-compact", "diffusionblend": "diffusionblend"}
 
 
 def _scan(name: str, size: int, views: int) -> Path:
@@ -94,6 +99,22 @@ def _classical(job: dict[str, Any], scan_file: Path) -> dict[str, Any]:
     return {**truth_scores(volume, scan.volume_gt), "seconds": time.perf_counter() - started}
 
 
+def _prior_weights(prior: str) -> str:
+    """First 12 hex digits of the sha256 of the shipped prior's weight files: a DiffNR row made
+    with other weights is stale (`run` measures it again)."""
+    folder = asset_path(PRIOR_ASSETS[prior])
+    digest = hashlib.sha256()
+    for file in sorted(folder.rglob("*.safetensors")):
+        digest.update(file_sha256(file).encode())
+    return digest.hexdigest()[:12]
+
+
+def _current(row: dict[str, Any]) -> bool:
+    """False for a DiffNR row made with prior weights other than the shipped ones."""
+    prior = row.get("prior", "none")
+    return prior in ("-", "none") or row.get("prior_weights") == _prior_weights(prior)
+
+
 def _neural(job: dict[str, Any], scan_file: Path) -> dict[str, Any]:
     """The NR alone (prior "none", under the guard's protocol) or DiffNR with a prior, with
     the defaults of `DiffNRConfig.default` for that prior."""
@@ -107,6 +128,8 @@ def _neural(job: dict[str, Any], scan_file: Path) -> dict[str, Any]:
         "ssim": metrics[name]["ssim"],
         "seconds": metrics["timings_seconds"][name],
     }
+    if job["prior"] != "none":
+        row["prior_weights"] = _prior_weights(job["prior"])
     row["calls"] = [
         {
             "iteration": call["iteration"],
@@ -122,7 +145,7 @@ def _read_rows() -> dict[str, dict[str, Any]]:
     if not ROWS.is_file():
         return {}
     rows = (json.loads(line) for line in ROWS.read_text(encoding="utf-8").splitlines() if line)
-    return {_key(row): row for row in rows}
+    return {_key(row): row for row in rows if _current(row)}
 
 
 def _claim(job: dict[str, Any]) -> bool:
