@@ -18,6 +18,8 @@ import json
 import logging
 import multiprocessing
 import os
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -61,6 +63,10 @@ def find_volumes(inputs: Sequence[str | os.PathLike]) -> list[Path]:
     return list(dict.fromkeys(found))
 
 
+# How often a pool worker checks that its coordinator is alive (`exit_with_parent`).
+PARENT_POLL_SECONDS = 1.0
+
+
 def read_data_manifest(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
     """File name -> {"anatomy", "key"} from a data manifest: a JSON object of entries (the
     development volumes' MANIFEST.json) or a list of them (the corpus's), each with "file",
@@ -102,6 +108,19 @@ def resolve_config(config: CurationConfig) -> CurationConfig:
     return dataclasses.replace(config, standard_iterations=standard)
 
 
+def exit_with_parent(parent: int) -> None:
+    """Make this worker process exit when `parent` is gone: a coordinator killed by a signal
+    (SIGTERM, SIGKILL) does not shut its pool down, and its orphaned workers would go on
+    computing volumes nobody records. Run as the pool's initializer."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL_SECONDS)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def _run_local(
     sources: list[VolumeSource], out: Path, config: CurationConfig, workers: int
 ) -> Iterator[tuple[VolumeSource, dict | None, BaseException | None]]:
@@ -114,7 +133,9 @@ def _run_local(
         return
     # spawn: forking a process whose torch/OpenMP threads are running can deadlock.
     context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+    with concurrent.futures.ProcessPoolExecutor(
+        workers, mp_context=context, initializer=exit_with_parent, initargs=(os.getpid(),)
+    ) as pool:
         futures = {pool.submit(curate_volume, s, str(out), config): s for s in sources}
         for future in concurrent.futures.as_completed(futures):
             error = future.exception()

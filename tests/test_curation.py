@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -270,3 +271,44 @@ def test_data_manifest_as_a_list_of_entries(tmp_path):
     path.write_text(json.dumps([{"name": "a"}]))
     with pytest.raises(ValueError, match="has no 'file'"):
         read_data_manifest(path)
+
+
+def test_pool_workers_exit_when_the_coordinator_is_killed(tmp_path):
+    """A coordinator killed by SIGKILL leaves no worker computing volumes nobody records."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "coordinator.py"
+    script.write_text(
+        "import multiprocessing, os, sys, time\n"
+        "from data_curation.engine import exit_with_parent\n"
+        "def work():\n"
+        "    exit_with_parent(int(sys.argv[1]))\n"
+        "    time.sleep(60)\n"
+        "if __name__ == '__main__':\n"
+        "    child = multiprocessing.get_context('spawn').Process(target=work)\n"
+        "    sys.argv.append(str(os.getpid()))\n"
+        "    child.start()\n"
+        "    print(child.pid, flush=True)\n"
+        "    time.sleep(60)\n"
+    )
+    coordinator = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
+                                   text=True, cwd=Path(__file__).resolve().parents[1])
+    worker = int(coordinator.stdout.readline())
+    coordinator.send_signal(signal.SIGKILL)
+    coordinator.wait()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.kill(worker, 0)
+        except ProcessLookupError:
+            break
+        if Path(f"/proc/{worker}/stat").is_file() and \
+                Path(f"/proc/{worker}/stat").read_text().split()[2] == "Z":
+            break  # exited, not yet reaped
+        time.sleep(0.2)
+    else:
+        os.kill(worker, 9)
+        pytest.fail("the worker outlived its coordinator by 30 s")
