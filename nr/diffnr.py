@@ -179,7 +179,10 @@ class DiffNRConfig:
             gaussian_rendering=self.gaussian_rendering,
         )
         train = self.guard.protocol(config.train, geo.n_views)
-        return dataclasses.replace(config, train=train)
+        warm_start = dataclasses.replace(
+            config.warm_start, sees_validation_views=not self.guard.blind_warm_start
+        )
+        return dataclasses.replace(config, train=train, warm_start=warm_start)
 
     def schedule(self, recon_config: Any) -> PriorSchedule:
         """The prior's schedule in iterations of the loop of `recon_config`."""

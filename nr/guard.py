@@ -53,11 +53,15 @@ class GuardConfig:
             is called only before it.
         margin: relative drop of the held-out residual a reference must achieve against
             the current volume's to be accepted (0: any drop).
+        blind_warm_start: the NR's warm start leaves the held-out views out too
+            (`nr.warm_start.WarmStartConfig.sees_validation_views`), so that nothing the
+            guard judges on has been fitted before its calls.
     """
 
     fraction: float = 0.1
     release: float = 0.75
     margin: float = 0.0
+    blind_warm_start: bool = False
 
     def __post_init__(self) -> None:
         check_number("fraction", self.fraction, 0.0, 0.25, open_low=True)

@@ -174,7 +174,7 @@ def _hashgrid_start(
             config, field=dataclasses.replace(config.field, coarse_iterations=coarse)
         )
     began = time.perf_counter()
-    start = classical_start(projections, geo, config.warm_start.method)
+    start = _classical_start(projections, geo, config.train, config.warm_start)
     warm = {"start_seconds": time.perf_counter() - began}
     field = HashGridField(geo, config.field).to(projections.device)
     warm |= _warm_up(field, geo, start, config.train, config.warm_start, volume_gt, out_dir)
@@ -331,7 +331,7 @@ def _gaussian_start(
             train=dataclasses.replace(config.train, volume_scale=unit),
         )
     began = time.perf_counter()
-    start = classical_start(projections, geo, config.warm_start.method)
+    start = _classical_start(projections, geo, config.train, config.warm_start)
     warm = {"start_seconds": time.perf_counter() - began}
     seed_volume = reference if start is None else start
     means, densities, scales = initial_points(geo, config.init, seed_volume, unit)
@@ -363,6 +363,18 @@ def _loop(
     if isinstance(representation, GaussianModel):
         history["gaussians"] = representation.count
     return trainer.volume(), history
+
+
+def _classical_start(
+    projections: torch.Tensor, geo: ConeBeamGeometry, train: TrainConfig, config: WarmStartConfig
+) -> torch.Tensor | None:
+    """The warm start's classical volume, from every view or without the loop's validation
+    views (`WarmStartConfig.sees_validation_views`)."""
+    if config.sees_validation_views or not train.validation_views:
+        return classical_start(projections, geo, config.method)
+    held_out = set(train.validation_views)
+    fitted = [view for view in range(geo.n_views) if view not in held_out]
+    return classical_start(projections[fitted], geo.subset(fitted), config.method)
 
 
 def _warm_up(

@@ -50,6 +50,9 @@ class WarmStartConfig:
         final_lr_factor: the learning rates decay exponentially from their start to this
             fraction of it over the steps.
         seed: seed of the crop positions.
+        sees_validation_views: the classical reconstruction uses every view; False leaves out
+            the loop's validation views (`TrainConfig.validation_views`), so that the
+            DiffNR guard judges on views nothing before its calls has fitted (docs/diffnr.md).
     """
 
     method: str = "asd_pocs"
@@ -59,6 +62,7 @@ class WarmStartConfig:
     lr_factor: float = 1.0
     final_lr_factor: float = 0.1
     seed: int = 0
+    sees_validation_views: bool = True
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:

@@ -120,3 +120,28 @@ def test_recipe_records_the_warm_start_and_skips_it_on_resume(tmp_path):
     again, history = reconstruct_hashgrid(proj, geo, config, volume_gt=gt, out_dir=tmp_path)
     assert history["warm_start"]["skipped"] == "resumed from a checkpoint"
     torch.testing.assert_close(again, first)
+
+
+def test_a_blind_warm_start_leaves_the_validation_views_out():
+    """`sees_validation_views=False`: the classical start is computed from the fitted views
+    only, so the guard's held-out views are new to the fit when it judges on them; DiffNR sets
+    it from `GuardConfig.blind_warm_start`."""
+    import dataclasses
+
+    from nr.diffnr import DiffNRConfig
+    from nr.guard import GuardConfig
+    from nr.recon import _classical_start
+
+    geo, _, projections = _scan()
+    train = TrainConfig(iterations=4, validation_views=(1, 5), validation_until=2)
+    seen = _classical_start(projections, geo, train, WarmStartConfig(method="sart"))
+    blind = _classical_start(
+        projections, geo, train, WarmStartConfig(method="sart", sees_validation_views=False)
+    )
+    fitted = [v for v in range(geo.n_views) if v not in (1, 5)]
+    assert torch.equal(blind, classical_start(projections[fitted], geo.subset(fitted), "sart"))
+    assert not torch.equal(seen, blind)
+    config = DiffNRConfig(prior="none", guard=GuardConfig(blind_warm_start=True))
+    assert not config.recon_config(geo).warm_start.sees_validation_views
+    default = dataclasses.replace(config, guard=GuardConfig())
+    assert default.recon_config(geo).warm_start.sees_validation_views
