@@ -77,6 +77,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         default=GuardConfig.margin,
         help="guard: relative drop of the held-out residual a reference needs",
     )
+    add(
+        "--guard-blind-warm-start",
+        action="store_true",
+        help="guard: leave the held-out views out of the warm start too",
+    )
     add("--compare", action="store_true", help="also fit the NR alone (same protocol and seed)")
     return parser.parse_args(argv)
 
@@ -85,7 +90,9 @@ def config_from_args(args: argparse.Namespace, scan_geo) -> DiffNRConfig:
     """The size's defaults (`DiffNRConfig.default`) with the options given."""
     config = DiffNRConfig.default(scan_geo, args.nr, args.prior)
     given = {k: v for k, v in vars(args).items() if k in OVERRIDABLE and v is not None}
-    guard = GuardConfig(args.guard_fraction, args.guard_release, args.guard_margin)
+    guard = GuardConfig(
+        args.guard_fraction, args.guard_release, args.guard_margin, args.guard_blind_warm_start
+    )
     return dataclasses.replace(config, **given, guard=guard)
 
 

@@ -201,6 +201,8 @@ def test_each_prior_takes_its_options(tmp_path, tiny_fixer):
     prior = load_prior(config)
     assert prior.config.cg_iters == 4 and prior.config.axes == ("z", "y")
     assert load_prior(_config("--prior", "none")) is None
+    assert not _config("--prior", "none").guard.blind_warm_start
+    assert _config("--prior", "none", "--guard-blind-warm-start").guard.blind_warm_start
 
 
 def test_ssim_term_every_iteration_only_where_the_loop_rates_stay_constant():
