@@ -201,15 +201,24 @@ def _bytes(
     )
 
 
+def proc_kib(path: str, field: str) -> int | None:
+    """The value of `field` (a "Name:   N kB" line) of a /proc file, in KiB; None where the
+    file or the field is absent."""
+    try:
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def available_bytes() -> int | None:
     """Bytes the system can give without swapping: MemAvailable of /proc/meminfo, else
     psutil's ``virtual_memory().available`` when psutil is installed, else None."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
+    kib = proc_kib("/proc/meminfo", "MemAvailable")
+    if kib is not None:
+        return kib * 1024
     try:
         import psutil
     except ImportError:
@@ -219,13 +228,7 @@ def available_bytes() -> int | None:
 
 def resident_bytes() -> int:
     """This process's resident memory (VmRSS), 0 where /proc is absent."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
+    return (proc_kib("/proc/self/status", "VmRSS") or 0) * 1024
 
 
 def largest_side(method: str, geo: ConeBeamGeometry, available: int) -> int:

@@ -20,6 +20,7 @@ when other weights are shipped. Two processes of one thread each can share it
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -99,9 +100,10 @@ def _classical(job: dict[str, Any], scan_file: Path) -> dict[str, Any]:
     return {**truth_scores(volume, scan.volume_gt), "seconds": time.perf_counter() - started}
 
 
+@functools.cache
 def _prior_weights(prior: str) -> str:
     """First 12 hex digits of the sha256 of the shipped prior's weight files: a DiffNR row made
-    with other weights is stale (`run` measures it again)."""
+    with other weights is stale (`run` measures it again). Hashed once per process."""
     folder = asset_path(PRIOR_ASSETS[prior])
     digest = hashlib.sha256()
     for file in sorted(folder.rglob("*.safetensors")):

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from nr.io import Scan, read_scan, write_scan
-from nr.memory import check_memory, required_bytes
+from nr.memory import MiB, check_memory, proc_kib, required_bytes, resident_bytes
 from nr.metrics import truth_scores
 from nr.ops.iterative import ASDPOCSConfig
 from nr.ops.noise import simulate_projections
@@ -72,14 +72,10 @@ OVERRIDES = ("iterations", "warm_start_steps", "n_points", "views_per_iteration"
 
 def peak_mb() -> float:
     """Peak resident memory of this process in MiB (VmHWM: per address space)."""
-    return _status("VmHWM")
-
-
-def _status(field: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    raise OSError(f"/proc/self/status has no {field}")
+    kib = proc_kib("/proc/self/status", "VmHWM")
+    if kib is None:
+        raise OSError("/proc/self/status has no VmHWM")
+    return kib / 1024
 
 
 def _reset_peak() -> None:
@@ -156,7 +152,7 @@ def _measure(job: dict[str, Any]) -> dict[str, Any]:
     geo, projections, truth = scan.geo, scan.projections, scan.volume_gt
     config = _config(job, geo)
     _reset_peak()
-    row: dict[str, Any] = {"resident_before_mb": _status("VmRSS")}
+    row: dict[str, Any] = {"resident_before_mb": resident_bytes() / MiB}
     started = time.perf_counter()
     if job["method"] == "fdk":
         volume = fdk(projections, geo)
@@ -170,7 +166,7 @@ def _measure(job: dict[str, Any]) -> dict[str, Any]:
         row["warm_start_seconds"] = time.perf_counter() - started
         row["warm_start"] = start.record
         _reset_peak()
-        row["resident_loop_start_mb"] = _status("VmRSS")
+        row["resident_loop_start_mb"] = resident_bytes() / MiB
         volume, history = reconstruct(projections, geo, config, truth, start=start)
         row["loop_peak_mb"] = peak_mb()
         row["loop_seconds"] = history["wall_time"]
@@ -203,10 +199,7 @@ def _key(job: dict[str, Any]) -> str:
 
 
 def _read_rows() -> dict[str, dict[str, Any]]:
-    if not ROWS.is_file():
-        return {}
-    rows = (json.loads(line) for line in ROWS.read_text(encoding="utf-8").splitlines() if line)
-    return {_key(row): row for row in rows}
+    return {_key(row): row for row in _all_rows()}
 
 
 def _jobs(quick: bool, calibrate: bool) -> Iterator[dict[str, Any]]:
