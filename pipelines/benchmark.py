@@ -89,6 +89,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--model", type=Path, help="diffusionblend: the prior's folder (default: the shipped one)"
     )
+    parser.add_argument(
+        "--guard",
+        choices=("seeing", "blind"),
+        help="heldout: the DiffNR rows' warm start sees the guard's views or is blind to them "
+        "(default: DiffNRConfig.default's)",
+    )
     args = parser.parse_args(argv)
     for topic in args.topics:
         module = importlib.import_module(f"pipelines.benchmarks.{topic}")

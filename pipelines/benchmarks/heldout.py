@@ -16,10 +16,14 @@ when other weights are shipped. Two processes of one thread each can share it
 (``OMP_NUM_THREADS=1``, started twice): each claims a job before it starts it
 (``WORK/claims``). ``--quick`` runs the Gaussians at 64^3 on the first three volumes. A row
 "NR, all views" fits the NR to every view from the start: the cost of the protocol.
+``--guard seeing|blind`` measures the DiffNR rows with that warm-start protocol
+(`nr.guard.GuardConfig.blind_warm_start`; default: the one of `DiffNRConfig.default`); the
+rows of both protocols are kept apart and tabled side by side.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -50,6 +54,8 @@ WORK = Path("runs") / "benchmark-heldout"
 SIZES, VIEWS = (64, 128), (10, 25)
 NRS, PRIORS = ("gaussians", "hashgrid"), ("slicefixer", "diffusionblend")
 PRIOR_ASSETS = {"slicefixer": "slicefixer-compact", "diffusionblend": "diffusionblend"}
+GUARDS = ("seeing", "blind")
+OPTIONS = ("guard",)
 
 
 def _scan(name: str, size: int, views: int) -> Path:
@@ -65,24 +71,40 @@ def _scan(name: str, size: int, views: int) -> Path:
     return path
 
 
-def _jobs(quick: bool) -> Iterator[dict[str, Any]]:
+def _guard_name(config: DiffNRConfig) -> str:
+    return GUARDS[config.guard.blind_warm_start]
+
+
+def _jobs(quick: bool, guard: str) -> Iterator[dict[str, Any]]:
+    """The rows in the order they are measured: per size, the Gaussians on every volume before
+    the hash grid, the sparser scan first."""
     names = load_splits().heldout[: 3 if quick else None]
     for size in SIZES[:1] if quick else SIZES:
-        for name in names:
-            for views in VIEWS[::-1]:
-                case = {"volume": name, "size": size, "views": views}
-                yield {**case, "method": "fdk"}
-                yield {**case, "method": "asd_pocs"}
-                for nr in NRS[:1] if quick else NRS:
+        for nr in NRS[:1] if quick else NRS:
+            for name in names:
+                for views in VIEWS:
+                    case = {"volume": name, "size": size, "views": views}
+                    if nr == NRS[0]:
+                        yield {**case, "method": "fdk"}
+                        yield {**case, "method": "asd_pocs"}
                     yield {**case, "method": "nr", "nr": nr}
                     for prior in ("none", *PRIORS):
-                        yield {**case, "method": "diffnr", "nr": nr, "prior": prior}
+                        yield {**case, "method": "diffnr", "nr": nr, "prior": prior,
+                               "guard": guard}  # fmt: skip
+
+
+def _guard_of(job: dict[str, Any]) -> str:
+    # rows made before the blind protocol existed carry no "guard": they are "seeing" rows
+    return job.get("guard", "seeing" if job["method"] == "diffnr" else "-")
+
+
+def _case(job: dict[str, Any]) -> dict[str, Any]:
+    return {k: job[k] for k in ("volume", "size", "views")}
 
 
 def _key(job: dict[str, Any]) -> str:
-    return "/".join(
-        str(job.get(k, "-")) for k in ("volume", "size", "views", "method", "nr", "prior")
-    )
+    fields = [str(job.get(k, "-")) for k in ("volume", "size", "views", "method", "nr", "prior")]
+    return "/".join([*fields, _guard_of(job)])
 
 
 def _classical(job: dict[str, Any], scan_file: Path) -> dict[str, Any]:
@@ -122,6 +144,10 @@ def _neural(job: dict[str, Any], scan_file: Path) -> dict[str, Any]:
     the defaults of `DiffNRConfig.default` for that prior."""
     scan = read_scan(scan_file)
     config = DiffNRConfig.default(scan.geo, job["nr"], job["prior"])
+    blind = job["guard"] == "blind"
+    config = dataclasses.replace(
+        config, guard=dataclasses.replace(config.guard, blind_warm_start=blind)
+    )
     out = WORK / "runs" / _key(job).replace("/", "_")
     metrics = run_diffnr(scan, config, load_prior(config), out_dir=out).metrics
     name = "nr_only" if job["prior"] == "none" else "diffnr"
@@ -169,8 +195,12 @@ def _claim(job: dict[str, Any]) -> bool:
     return int(claim.read_text(encoding="utf-8")) == os.getpid()
 
 
-def run(quick: bool = False) -> str:
-    for job in _jobs(quick):
+def run(quick: bool = False, guard: str | None = None) -> str:
+    """Measure the missing rows (DiffNR with the warm-start protocol `guard`, "seeing" or
+    "blind"; None: the default's) and return the table of every current row."""
+    if guard is None:
+        guard = _guard_name(DiffNRConfig.default(geometry(SIZES[0], VIEWS[0])))
+    for job in _jobs(quick, guard):
         if _key(job) in _read_rows() or not _claim(job):
             continue
         scan_file = _scan(job["volume"], job["size"], job["views"])
@@ -183,20 +213,22 @@ def run(quick: bool = False) -> str:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    """The Markdown results: one line per case, DiffNR - NR alone per prior, guard accuracy."""
+    """The Markdown results: one line per case and warm-start protocol, DiffNR - NR alone per
+    prior, the default's worst row, guard accuracy per protocol."""
     by_key = {_key(row): row for row in rows}
     cases = sorted({(r["size"], r["views"], r["volume"]) for r in rows})
     nrs = [nr for nr in NRS if any(r.get("nr") == nr for r in rows)]
     lines = [
         "PSNR (dB) / SSIM against the ground truth. 'all views': the NR fitted to every view "
         "from the start; 'alone': the NR under the guard's validation protocol (the loop holds "
-        "10 % of the views out until 3/4 of it); the prior columns give DiffNR's change over "
-        "'alone' (same protocol and seed). Time in seconds (2 cores shared by several jobs: "
-        "compare times within a row only).",
+        "10 % of the views out until 3/4 of it), its warm start seeing those views or blind to "
+        "them (column 'guard'); the prior columns give DiffNR's change over 'alone' (same "
+        "protocol and seed). Time in seconds (2 cores shared by several jobs: compare times "
+        "within a row only).",
         "",
     ]
-    header = "| volume | size | views | FDK | ASD-POCS |"
-    rule = "|---|---|---|---|---|"
+    header = "| volume | size | views | guard | FDK | ASD-POCS |"
+    rule = "|---|---|---|---|---|---|"
     for nr in nrs:
         header += f" {nr}, all views | {nr} alone | + slicefixer | + diffusionblend |"
         rule += "---|---|---|---|"
@@ -211,30 +243,34 @@ def table(rows: list[dict[str, Any]]) -> str:
 
     for size, views, volume in cases:
         base = {"volume": volume, "size": size, "views": views}
-        line = f"| {volume} | {size} | {views} |"
-        for method in ("fdk", "asd_pocs"):
-            line += f" {cell(by_key.get(_key({**base, 'method': method})))} |"
-        for nr in nrs:
-            line += f" {cell(by_key.get(_key({**base, 'method': 'nr', 'nr': nr})))} |"
-            alone = by_key.get(_key({**base, "method": "diffnr", "nr": nr, "prior": "none"}))
-            line += f" {cell(alone)} |"
-            for prior in PRIORS:
-                row = by_key.get(_key({**base, "method": "diffnr", "nr": nr, "prior": prior}))
-                if row is None or alone is None:
-                    line += " - |"
-                    continue
-                line += (
-                    f" {row['psnr'] - alone['psnr']:+.2f} dB / {row['ssim'] - alone['ssim']:+.3f}"
-                    f" ({row['seconds']:.0f} s) |"
-                )
-        lines.append(line)
+        measured = {_guard_of(r) for r in rows if r["method"] == "diffnr" and _case(r) == base}
+        guards = [g for g in GUARDS if g in measured] or ["-"]
+        for guard in guards:
+            line = f"| {volume} | {size} | {views} | {guard} |"
+            for method in ("fdk", "asd_pocs"):
+                line += f" {cell(by_key.get(_key({**base, 'method': method})))} |"
+            for nr in nrs:
+                line += f" {cell(by_key.get(_key({**base, 'method': 'nr', 'nr': nr})))} |"
+                neural = {**base, "method": "diffnr", "nr": nr, "guard": guard}
+                alone = by_key.get(_key({**neural, "prior": "none"}))
+                line += f" {cell(alone)} |"
+                for prior in PRIORS:
+                    row = by_key.get(_key({**neural, "prior": prior}))
+                    if row is None or alone is None:
+                        line += " - |"
+                        continue
+                    line += (
+                        f" {row['psnr'] - alone['psnr']:+.2f} dB / "
+                        f"{row['ssim'] - alone['ssim']:+.3f} ({row['seconds']:.0f} s) |"
+                    )
+            lines.append(line)
     defaults = []
     for size, views, volume in cases:
-        prior = DiffNRConfig.default(geometry(size, views)).prior
-        base = {"volume": volume, "size": size, "views": views, "method": "diffnr"}
-        row = by_key.get(_key({**base, "nr": NRS[0], "prior": prior}))
-        full = by_key.get(_key({"volume": volume, "size": size, "views": views, "method": "nr",
-                                "nr": NRS[0]}))  # fmt: skip
+        config = DiffNRConfig.default(geometry(size, views))
+        base = {"volume": volume, "size": size, "views": views}
+        row = by_key.get(_key({**base, "method": "diffnr", "nr": NRS[0], "prior": config.prior,
+                               "guard": _guard_name(config)}))  # fmt: skip
+        full = by_key.get(_key({**base, "method": "nr", "nr": NRS[0]}))
         if row is not None and full is not None:
             defaults.append((row["psnr"] - full["psnr"], f"{volume} {size}^3 {views} views"))
     if defaults:
@@ -245,16 +281,18 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"fitted to all views: worst {worst[0]:+.2f} dB ({worst[1]}) over {len(defaults)} "
             "rows.",
         ]
-    calls = [c for r in rows for c in r.get("calls", [])]
-    if calls:
+    for guard in GUARDS:
+        calls = [c for r in rows if _guard_of(r) == guard for c in r.get("calls", [])]
+        if not calls:
+            continue
         harmful = [c for c in calls if c["true_change_db"] < 0]
         helpful = [c for c in calls if c["true_change_db"] >= 0]
         count = lambda group, action: sum(c["action"] == action for c in group)  # noqa: E731
         lines += [
             "",
-            f"Guard accuracy over {len(calls)} prior calls (a call is harmful when its "
-            "pseudo-reference's PSNR is below the volume it was made from): harmful "
-            f"rejected {count(harmful, 'reject')} / kept {count(harmful, 'accept')}; helpful "
-            f"kept {count(helpful, 'accept')} / rejected {count(helpful, 'reject')}.",
+            f"Guard accuracy, warm start {guard}, over {len(calls)} prior calls (a call is "
+            "harmful when its pseudo-reference's PSNR is below the volume it was made from): "
+            f"harmful rejected {count(harmful, 'reject')} / kept {count(harmful, 'accept')}; "
+            f"helpful kept {count(helpful, 'accept')} / rejected {count(helpful, 'reject')}.",
         ]
     return "\n".join(lines)
