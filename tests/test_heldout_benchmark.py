@@ -1,4 +1,5 @@
-"""The held-out benchmark's bookkeeping: rows made with other prior weights are measured again."""
+"""The held-out benchmark's bookkeeping: rows made with other prior weights or other settings
+are measured again; the two warm-start protocols are kept apart."""
 
 from __future__ import annotations
 
@@ -6,44 +7,63 @@ import json
 
 from pipelines.benchmarks import heldout
 
+CASE = {"volume": "v", "size": 64, "views": 10, "method": "diffnr", "nr": "gaussians"}
 
-def test_rows_of_other_prior_weights_are_stale(tmp_path, monkeypatch):
+
+def _stamped(row: dict) -> dict:
+    """`row` as `heldout._neural` writes it: with today's settings (and weights) of its job."""
+    stamp = {"settings": heldout._settings(heldout._config(row))}
+    if row["prior"] != "none":
+        stamp["prior_weights"] = heldout._prior_weights(row["prior"])
+    return {**stamp, **row}
+
+
+def _write(path, rows) -> None:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+def test_rows_of_other_prior_weights_or_settings_are_stale(tmp_path, monkeypatch):
     current = heldout._prior_weights("slicefixer")
     assert len(current) == 12 and current != heldout._prior_weights("diffusionblend")
-    case = {"volume": "v", "size": 64, "views": 10, "method": "diffnr", "nr": "gaussians"}
-    rows = [
-        {**case, "prior": "none", "psnr": 20.0, "ssim": 0.5, "seconds": 1.0},
-        {**case, "prior": "slicefixer", "prior_weights": "0" * 12, "psnr": 21.0, "ssim": 0.5,
-         "seconds": 1.0, "calls": [{"iteration": 5, "action": "accept", "true_change_db": 0.2}]},
-    ]
+    alone = _stamped({**CASE, "prior": "none", "psnr": 20.0, "ssim": 0.5, "seconds": 1.0})
+    fixer = _stamped({**CASE, "prior": "slicefixer", "psnr": 21.0, "ssim": 0.5, "seconds": 1.0,
+                      "calls": [{"iteration": 5, "action": "accept", "true_change_db": 0.2}]})
     path = tmp_path / "rows.jsonl"
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     monkeypatch.setattr(heldout, "ROWS", path)
+    _write(path, [alone, {**fixer, "prior_weights": "0" * 12}])
     assert list(heldout._read_rows()) == ["v/64/10/diffnr/gaussians/none/seeing"]
-    rows[1]["prior_weights"] = current
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    other = {**fixer, "settings": {**fixer["settings"], "weight": fixer["settings"]["weight"] + 1}}
+    _write(path, [alone, other, {**fixer, "settings": None}])
+    assert list(heldout._read_rows()) == ["v/64/10/diffnr/gaussians/none/seeing"]
+    _write(path, [alone, fixer])
     read = heldout._read_rows()
     assert len(read) == 2
     text = heldout.table(list(read.values()))
     assert "+1.00 dB" in text and "helpful kept 1 / rejected 0" in text
 
 
+def test_settings_name_only_what_the_prior_uses():
+    alone = heldout._settings(heldout._config({**CASE, "prior": "none"}))
+    blend = heldout._settings(heldout._config({**CASE, "prior": "diffusionblend"}))
+    assert "blend_samples" in blend and "fixer_cg" not in blend
+    assert "blend_samples" not in alone and "weight" not in alone
+    blind = heldout._settings(heldout._config({**CASE, "prior": "none", "guard": "blind"}))
+    assert blind["guard"]["blind_warm_start"] and not alone["guard"]["blind_warm_start"]
+
+
 def test_rows_of_the_two_warm_start_protocols_are_kept_apart(tmp_path, monkeypatch):
-    case = {"volume": "v", "size": 64, "views": 10, "method": "diffnr", "nr": "gaussians"}
-    weights = heldout._prior_weights("diffusionblend")
+    call = {"iteration": 5, "true_change_db": 0.2}
     rows = [
         # a row made before the protocol was recorded counts as "seeing"
-        {**case, "prior": "none", "psnr": 20.0, "ssim": 0.5, "seconds": 1.0},
-        {**case, "prior": "diffusionblend", "prior_weights": weights, "psnr": 20.0,
-         "ssim": 0.5, "seconds": 1.0,
-         "calls": [{"iteration": 5, "action": "reject", "true_change_db": 0.2}]},
-        {**case, "guard": "blind", "prior": "none", "psnr": 19.5, "ssim": 0.5, "seconds": 1.0},
-        {**case, "guard": "blind", "prior": "diffusionblend", "prior_weights": weights,
-         "psnr": 20.5, "ssim": 0.6, "seconds": 1.0,
-         "calls": [{"iteration": 5, "action": "accept", "true_change_db": 0.2}]},
+        {**CASE, "prior": "none", "psnr": 20.0, "ssim": 0.5, "seconds": 1.0},
+        {**CASE, "prior": "diffusionblend", "psnr": 20.0, "ssim": 0.5, "seconds": 1.0,
+         "calls": [{**call, "action": "reject"}]},
+        {**CASE, "guard": "blind", "prior": "none", "psnr": 19.5, "ssim": 0.5, "seconds": 1.0},
+        {**CASE, "guard": "blind", "prior": "diffusionblend", "psnr": 20.5, "ssim": 0.6,
+         "seconds": 1.0, "calls": [{**call, "action": "accept"}]},
     ]
     path = tmp_path / "rows.jsonl"
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    _write(path, [_stamped(row) for row in rows])
     monkeypatch.setattr(heldout, "ROWS", path)
     read = heldout._read_rows()
     assert len(read) == 4

@@ -11,11 +11,12 @@ true change in PSNR against the volume it was made from.
 
 Hours on 2 cores: each finished row is appended at once to ``ROWS`` (committed with the
 repository) and a new run skips the rows already there, so the benchmark resumes where it
-stopped; a DiffNR row records the prior's weights (`_prior_weights`) and is measured again
-when other weights are shipped. Two processes of one thread each can share it
-(``OMP_NUM_THREADS=1``, started twice): each claims a job before it starts it
-(``WORK/claims``). ``--quick`` runs the Gaussians at 64^3 on the first three volumes. A row
-"NR, all views" fits the NR to every view from the start: the cost of the protocol.
+stopped; a DiffNR row records the prior's weights (`_prior_weights`) and its settings
+(`_settings`) and is measured again when other weights are shipped or the defaults change.
+Two processes of one thread each can share it (``OMP_NUM_THREADS=1``, started twice): each
+claims a job before it starts it (``WORK/claims``). ``--quick`` runs the Gaussians at 64^3 on
+the first three volumes. A row "NR, all views" fits the NR to every view from the start: the
+cost of the protocol.
 ``--guard seeing|blind`` measures the DiffNR rows with that warm-start protocol
 (`nr.guard.GuardConfig.blind_warm_start`; default: the one of `DiffNRConfig.default`); the
 rows of both protocols are kept apart and tabled side by side.
@@ -55,6 +56,16 @@ SIZES, VIEWS = (64, 128), (10, 25)
 NRS, PRIORS = ("gaussians", "hashgrid"), ("slicefixer", "diffusionblend")
 PRIOR_ASSETS = {"slicefixer": "slicefixer-compact", "diffusionblend": "diffusionblend"}
 GUARDS = ("seeing", "blind")
+# the DiffNRConfig fields a row's result depends on (`_settings`): a row made with other values
+# is stale, as one made with other weights
+COMMON_FIELDS = ("nr", "iterations", "seed", "warm_start", "warm_start_steps",
+                 "gaussian_rendering", "guard")  # fmt: skip
+SCHEDULE_FIELDS = ("checkpoint", "start", "every", "weight", "loss_every", "crop")
+PRIOR_FIELDS = {
+    "none": (),
+    "slicefixer": (*SCHEDULE_FIELDS, "axes", "fixer_cg"),
+    "diffusionblend": (*SCHEDULE_FIELDS, "blend_t0", "blend_samples"),
+}
 OPTIONS = ("guard",)
 
 
@@ -133,21 +144,37 @@ def _prior_weights(prior: str) -> str:
     return digest.hexdigest()[:12]
 
 
+def _config(job: dict[str, Any]) -> DiffNRConfig:
+    """A DiffNR job's configuration: `DiffNRConfig.default` for its prior, its guard protocol."""
+    config = DiffNRConfig.default(geometry(job["size"], job["views"]), job["nr"], job["prior"])
+    blind = _guard_of(job) == "blind"
+    return dataclasses.replace(
+        config, guard=dataclasses.replace(config.guard, blind_warm_start=blind)
+    )
+
+
+def _settings(config: DiffNRConfig) -> dict[str, Any]:
+    """The fields of `config` its prior's result depends on, as JSON values."""
+    fields = dataclasses.asdict(config)
+    chosen = {name: fields[name] for name in (*COMMON_FIELDS, *PRIOR_FIELDS[config.prior])}
+    return json.loads(json.dumps(chosen))
+
+
 def _current(row: dict[str, Any]) -> bool:
-    """False for a DiffNR row made with prior weights other than the shipped ones."""
-    prior = row.get("prior", "none")
-    return prior in ("-", "none") or row.get("prior_weights") == _prior_weights(prior)
+    """False for a DiffNR row made with prior weights other than the shipped ones or with
+    settings other than today's defaults."""
+    if row["method"] != "diffnr":
+        return True
+    prior = row["prior"]
+    weights = prior == "none" or row.get("prior_weights") == _prior_weights(prior)
+    return weights and row.get("settings") == _settings(_config(row))
 
 
 def _neural(job: dict[str, Any], scan_file: Path) -> dict[str, Any]:
     """The NR alone (prior "none", under the guard's protocol) or DiffNR with a prior, with
     the defaults of `DiffNRConfig.default` for that prior."""
     scan = read_scan(scan_file)
-    config = DiffNRConfig.default(scan.geo, job["nr"], job["prior"])
-    blind = job["guard"] == "blind"
-    config = dataclasses.replace(
-        config, guard=dataclasses.replace(config.guard, blind_warm_start=blind)
-    )
+    config = _config(job)
     out = WORK / "runs" / _key(job).replace("/", "_")
     metrics = run_diffnr(scan, config, load_prior(config), out_dir=out).metrics
     name = "nr_only" if job["prior"] == "none" else "diffnr"
@@ -155,6 +182,7 @@ def _neural(job: dict[str, Any], scan_file: Path) -> dict[str, Any]:
         "psnr": metrics[name]["psnr"],
         "ssim": metrics[name]["ssim"],
         "seconds": metrics["timings_seconds"][name],
+        "settings": _settings(config),
     }
     if job["prior"] != "none":
         row["prior_weights"] = _prior_weights(job["prior"])
