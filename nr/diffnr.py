@@ -91,7 +91,7 @@ class DiffNRConfig:
     axes: tuple[str, ...] = ("z",)
     fixer_cg: int = 5
     blend_t0: int = 50
-    blend_samples: int = 1
+    blend_samples: int = 4
     guard: GuardConfig = dataclasses.field(default_factory=GuardConfig)
     iterations: int | None = None
     seed: int = 0

@@ -175,17 +175,20 @@ def _neural(job: dict[str, Any], scan_file: Path) -> dict[str, Any]:
     the defaults of `DiffNRConfig.default` for that prior."""
     scan = read_scan(scan_file)
     config = _config(job)
-    out = WORK / "runs" / _key(job).replace("/", "_")
+    stamp = {"settings": _settings(config)}
+    if job["prior"] != "none":
+        stamp["prior_weights"] = _prior_weights(job["prior"])
+    # a killed run resumes from its folder; one made with other settings or weights must not
+    digest = hashlib.sha256(json.dumps(stamp, sort_keys=True).encode()).hexdigest()[:8]
+    out = WORK / "runs" / f"{_key(job).replace('/', '_')}_{digest}"
     metrics = run_diffnr(scan, config, load_prior(config), out_dir=out).metrics
     name = "nr_only" if job["prior"] == "none" else "diffnr"
     row = {
         "psnr": metrics[name]["psnr"],
         "ssim": metrics[name]["ssim"],
         "seconds": metrics["timings_seconds"][name],
-        "settings": _settings(config),
+        **stamp,
     }
-    if job["prior"] != "none":
-        row["prior_weights"] = _prior_weights(job["prior"])
     row["calls"] = [
         {
             "iteration": call["iteration"],
