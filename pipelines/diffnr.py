@@ -62,25 +62,26 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     add(
         "--guard-fraction",
         type=float,
-        default=GuardConfig.fraction,
-        help="guard: share of the views held out to judge each reference on",
+        help=f"guard: share of the views held out to judge each reference on "
+        f"(default {GuardConfig.fraction})",
     )
     add(
         "--guard-release",
         type=float,
-        default=GuardConfig.release,
-        help="guard: loop fraction after which the held-out views join the fit",
+        help=f"guard: loop fraction after which the held-out views join the fit "
+        f"(default {GuardConfig.release})",
     )
     add(
         "--guard-margin",
         type=float,
-        default=GuardConfig.margin,
-        help="guard: relative drop of the held-out residual a reference needs",
+        help=f"guard: relative drop of the held-out residual a reference needs "
+        f"(default {GuardConfig.margin})",
     )
     add(
-        "--guard-blind-warm-start",
-        action="store_true",
-        help="guard: leave the held-out views out of the warm start too",
+        "--guard-warm-start",
+        choices=("seeing", "blind"),
+        help="guard: the warm start sees the held-out views or leaves them out too "
+        "(default: by the scan's size and views, docs/diffnr.md)",
     )
     add("--compare", action="store_true", help="also fit the NR alone (same protocol and seed)")
     return parser.parse_args(argv)
@@ -90,9 +91,13 @@ def config_from_args(args: argparse.Namespace, scan_geo) -> DiffNRConfig:
     """The size's defaults (`DiffNRConfig.default`) with the options given."""
     config = DiffNRConfig.default(scan_geo, args.nr, args.prior)
     given = {k: v for k, v in vars(args).items() if k in OVERRIDABLE and v is not None}
-    guard = GuardConfig(
-        args.guard_fraction, args.guard_release, args.guard_margin, args.guard_blind_warm_start
-    )
+    guard = {
+        "fraction": args.guard_fraction,
+        "release": args.guard_release,
+        "margin": args.guard_margin,
+        "blind_warm_start": {"seeing": False, "blind": True}.get(args.guard_warm_start),
+    }
+    guard = dataclasses.replace(config.guard, **{k: v for k, v in guard.items() if v is not None})
     return dataclasses.replace(config, **given, guard=guard)
 
 

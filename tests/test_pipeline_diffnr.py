@@ -201,8 +201,13 @@ def test_each_prior_takes_its_options(tmp_path, tiny_fixer):
     prior = load_prior(config)
     assert prior.config.cg_iters == 4 and prior.config.axes == ("z", "y")
     assert load_prior(_config("--prior", "none")) is None
-    assert not _config("--prior", "none").guard.blind_warm_start
-    assert _config("--prior", "none", "--guard-blind-warm-start").guard.blind_warm_start
+    default = _config("--prior", "none").guard
+    for protocol in ("seeing", "blind"):
+        guard = _config("--prior", "none", "--guard-warm-start", protocol).guard
+        assert guard.blind_warm_start == (protocol == "blind")
+        assert guard.fraction == default.fraction and guard.release == default.release
+    guard = _config("--prior", "none", "--guard-margin", "0.05").guard
+    assert guard.margin == 0.05 and guard.blind_warm_start == default.blind_warm_start
 
 
 def test_ssim_term_every_iteration_only_where_the_loop_rates_stay_constant():
