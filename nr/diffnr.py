@@ -59,7 +59,8 @@ class DiffNRConfig:
 
     Attributes:
         nr: the representation, "gaussians" or "hashgrid".
-        prior: "slicefixer", "diffusionblend" or "none" (the NR alone, same protocol).
+        prior: "slicefixer", "diffusionblend" or "none" (the NR alone, under `guard`'s
+            protocol unless `guard` is None).
         checkpoint: folder of the prior's weights; None = the one shipped in assets/.
         start: first prior call, as a fraction of the loop.
         every: loop fraction between prior calls (calls stop at the guard's release).
@@ -71,7 +72,8 @@ class DiffNRConfig:
         fixer_cg: SliceFixer: CGLS iterations on the fitted views started from each repair.
         blend_t0: DiffusionBlend: diffusion time (of 1000) the current volume is noised to.
         blend_samples: DiffusionBlend: draws averaged into each reference.
-        guard: the validation protocol and the acceptance rule (`nr.guard.GuardConfig`).
+        guard: the validation protocol and the acceptance rule (`nr.guard.GuardConfig`);
+            None (only without a prior): no views held out, the NR fits every view.
         iterations: NR loop iterations; None = the representation's recipe.
         seed: seeds the loop and the prior's draws.
         warm_start: classical volume the NR is fitted to first (`nr.warm_start.METHODS`).
@@ -92,7 +94,7 @@ class DiffNRConfig:
     fixer_cg: int = 5
     blend_t0: int = 50
     blend_samples: int = 4
-    guard: GuardConfig = dataclasses.field(default_factory=GuardConfig)
+    guard: GuardConfig | None = dataclasses.field(default_factory=GuardConfig)
     iterations: int | None = None
     seed: int = 0
     warm_start: str = "asd_pocs"
@@ -119,7 +121,9 @@ class DiffNRConfig:
         check_int("blend_t0", self.blend_t0, 0)
         check_int("blend_samples", self.blend_samples, 1)
         check_int("seed", self.seed, 0)
-        if not isinstance(self.guard, GuardConfig):
+        if self.guard is None and self.prior != "none":
+            raise ValueError(f"guard: prior {self.prior!r} needs a guard (None: only without one)")
+        if not isinstance(self.guard, GuardConfig | None):
             raise TypeError(f"guard: expected a GuardConfig, got {type(self.guard).__name__}")
         check_choice("warm_start", self.warm_start, WARM_START_METHODS)
         check_choice("gaussian_rendering", self.gaussian_rendering, (None, "voxel", "rasterize"))
@@ -137,27 +141,27 @@ class DiffNRConfig:
                 None lets the scan's size decide.
         """
         side = largest_slice_side(geo.volume_shape, ("z",))
-        if prior is None:
-            prior, why = (
-                DEFAULT_PRIOR,
-                (
-                    f"slices of {side} px <= the shipped priors' {SHIPPED_RESOLUTION} px; on the "
-                    "held-out benchmark the SliceFixer did best (the guard rejected every "
-                    "DiffusionBlend reference)"
-                ),
-            )
-            if side > SHIPPED_RESOLUTION:
-                prior = "none"
-                why = (
-                    f"slices of {side} px exceed the shipped priors' {SHIPPED_RESOLUTION} px: "
-                    "the prior is off"
-                )
-        else:
+        guard: GuardConfig | None = GuardConfig()
+        if prior is not None:
             why = f"prior {prior} chosen by the caller"
+        elif side > SHIPPED_RESOLUTION:
+            prior, guard = "none", None
+            why = (
+                f"slices of {side} px exceed the shipped priors' {SHIPPED_RESOLUTION} px: no "
+                "prior, so no views held out for a guard (the NR fits every view)"
+            )
+        else:
+            prior = DEFAULT_PRIOR
+            why = (
+                f"slices of {side} px <= the shipped priors' {SHIPPED_RESOLUTION} px; on the "
+                "held-out benchmark the SliceFixer did best (the guard rejected every "
+                "DiffusionBlend reference)"
+            )
         gaussians = nr == "gaussians"
         return cls(
             nr=nr,
             prior=prior,
+            guard=guard,
             # the fields' defaults are the Gaussians'; the hash grid keeps the paper's weight,
             # no data consistency and, with the SliceFixer, one reference (docs/diffnr.md)
             weight=cls.weight if gaussians else 1.0,
@@ -167,7 +171,7 @@ class DiffNRConfig:
         )
 
     def recon_config(self, geo: ConeBeamGeometry) -> Any:
-        """The NR's configuration for `geo`, under the guard's validation protocol."""
+        """The NR's configuration for `geo`, under the guard's validation protocol if any."""
         config = recipe(
             self.nr,
             geo.volume_shape,
@@ -178,6 +182,8 @@ class DiffNRConfig:
             warm_start_steps=self.warm_start_steps,
             gaussian_rendering=self.gaussian_rendering,
         )
+        if self.guard is None:
+            return config
         train = self.guard.protocol(config.train, geo.n_views)
         warm_start = dataclasses.replace(
             config.warm_start, sees_validation_views=not self.guard.blind_warm_start

@@ -97,8 +97,12 @@ def config_from_args(args: argparse.Namespace, scan_geo) -> DiffNRConfig:
         "margin": args.guard_margin,
         "blind_warm_start": {"seeing": False, "blind": True}.get(args.guard_warm_start),
     }
-    guard = dataclasses.replace(config.guard, **{k: v for k, v in guard.items() if v is not None})
-    return dataclasses.replace(config, **given, guard=guard)
+    guard = {k: v for k, v in guard.items() if v is not None}
+    if guard:  # without a prior the size's default may hold no views out: guard options do
+        config = dataclasses.replace(
+            config, guard=dataclasses.replace(config.guard or GuardConfig(), **guard)
+        )
+    return dataclasses.replace(config, **given)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -208,6 +208,9 @@ def test_each_prior_takes_its_options(tmp_path, tiny_fixer):
         assert guard.fraction == default.fraction and guard.release == default.release
     guard = _config("--prior", "none", "--guard-margin", "0.05").guard
     assert guard.margin == 0.05 and guard.blind_warm_start == default.blind_warm_start
+    large = (128, 128, 128)  # no prior by default: no guard unless a guard option is given
+    assert _config(shape=large).guard is None
+    assert _config("--guard-warm-start", "blind", shape=large).guard.blind_warm_start
 
 
 def test_ssim_term_every_iteration_only_where_the_loop_rates_stay_constant():
@@ -233,6 +236,14 @@ def test_the_default_prior_follows_the_scan_size_and_a_forced_one_warns(fixer_16
     large = DiffNRConfig.default(ConeBeamGeometry.default(n_voxel=128, n_views=25))
     assert small.prior == "slicefixer" and large.prior == "none"
     assert "128 px" in large.rationale
+    # no prior by default: nothing to guard, so no views held out (the NR alone on every view)
+    large_geo = ConeBeamGeometry.default(n_voxel=128, n_views=25)
+    assert large.guard is None and small.guard is not None
+    assert large.recon_config(large_geo) == recipe("gaussians", large_geo.volume_shape, 25)
+    small_geo = ConeBeamGeometry.default(n_voxel=64, n_views=25)
+    assert small.recon_config(small_geo).train.validation_views
+    with pytest.raises(ValueError, match="needs a guard"):
+        dataclasses.replace(small, guard=None)
     geo = ConeBeamGeometry.for_volume((16, 16, 20), (1.0, 1.0, 1.0), 6)
     truth = torch.zeros(geo.volume_shape)
     truth[4:12, 4:12, 4:16] = 1.0

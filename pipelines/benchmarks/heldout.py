@@ -299,9 +299,11 @@ def table(rows: list[dict[str, Any]]) -> str:
     for size, views, volume in cases:
         config = DiffNRConfig.default(geometry(size, views))
         base = {"volume": volume, "size": size, "views": views}
-        row = by_key.get(_key({**base, "method": "diffnr", "nr": NRS[0], "prior": config.prior,
-                               "guard": _guard_name(config)}))  # fmt: skip
         full = by_key.get(_key({**base, "method": "nr", "nr": NRS[0]}))
+        # without a guard (no prior) the default run is the NR fitted to every view
+        row = full if config.guard is None else by_key.get(_key({
+            **base, "method": "diffnr", "nr": NRS[0], "prior": config.prior,
+            "guard": _guard_name(config)}))  # fmt: skip
         if row is not None and full is not None:
             defaults.append((row["psnr"] - full["psnr"], f"{volume} {size}^3 {views} views"))
     if defaults:
