@@ -7,9 +7,9 @@
 
 Volumes: any file ``nr.io.read_volume`` reads (NIfTI, MHD/NRRD, NPY/NPZ with
 key "volume"), or folders of them. A ``MANIFEST.json`` beside NPZ files (as in
-the development volumes) supplies their voxel spacing (``spacing_zyx_mm``); otherwise
-voxels are taken as isotropic. Outputs in DIR: ``model/`` (EMA weights for
-``BlendPrior.from_pretrained``), ``checkpoint.pt`` (exact resume),
+the development volumes and their corpus) supplies their voxel spacing (``spacing_zyx_mm``
+or ``spacing_mm``, z first); otherwise voxels are taken as isotropic. Outputs in DIR:
+``model/`` (EMA weights for ``BlendPrior.from_pretrained``), ``checkpoint.pt`` (exact resume),
 ``train_config.json``, ``train_log.jsonl``.
 """
 
@@ -53,14 +53,17 @@ def volume_files(items: list[str], hold_out: list[str]) -> list[Path]:
 
 
 def manifest_spacing(path: Path) -> tuple[float, float, float] | None:
-    """The spacing_zyx_mm of `path` in a MANIFEST.json beside it, if any."""
+    """The (z, y, x) spacing in mm of `path` in a MANIFEST.json beside it, if any: an object
+    of entries (the development volumes', ``spacing_zyx_mm``) or a list of them (the
+    corpus's, ``spacing_mm``)."""
     manifest = path.parent / "MANIFEST.json"
     if not manifest.is_file():
         return None
-    for entry in json.loads(manifest.read_text(encoding="utf-8")).values():
+    entries = json.loads(manifest.read_text(encoding="utf-8"))
+    for entry in entries.values() if isinstance(entries, dict) else entries:
         if isinstance(entry, dict) and entry.get("file") == path.name:
-            spacing = entry.get("spacing_zyx_mm")
-            return tuple(spacing) if spacing else None
+            spacing = entry.get("spacing_zyx_mm", entry.get("spacing_mm"))
+            return tuple(float(v) for v in spacing) if spacing else None
     return None
 
 

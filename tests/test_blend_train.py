@@ -10,7 +10,7 @@ import torch
 from nr.io import Volume
 from nr.priors.blend_model import PRESETS, BlendPrior
 from nr.priors.blend_train import BlendTrainConfig, PatchSampler, prepare_volume
-from pipelines.train_blend import main
+from pipelines.train_blend import main, manifest_spacing
 
 
 def write_volumes(folder, shapes=((14, 20, 20), (12, 24, 18))):
@@ -28,6 +28,20 @@ def test_prepare_volume_normalises_and_keeps_physical_spacing():
     assert prepared.shape == (10, 16, 16)
     assert -1.0 <= float(prepared.min()) < -0.9 and 0.9 < float(prepared.max()) <= 1.0
     assert prepare_volume(Volume(data, spacing=(4.0, 1.0, 1.0)), 16).shape == (20, 16, 16)
+
+
+@pytest.mark.parametrize(
+    "manifest",
+    [
+        {"a": {"file": "vol0.npz", "spacing_zyx_mm": [2.5, 1.0, 0.5]}},  # development volumes
+        [{"name": "vol0", "file": "vol0.npz", "spacing_mm": [2.5, 1.0, 0.5]}],  # the corpus
+    ],
+)
+def test_spacing_from_either_kind_of_manifest(tmp_path, manifest):
+    folder = write_volumes(tmp_path / "v")
+    (folder / "MANIFEST.json").write_text(json.dumps(manifest))
+    assert manifest_spacing(folder / "vol0.npz") == (2.5, 1.0, 0.5)
+    assert manifest_spacing(folder / "vol1.npz") is None
 
 
 def test_patch_sampler_takes_slices_at_the_drawn_gap():
