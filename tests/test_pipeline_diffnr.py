@@ -234,7 +234,8 @@ def fixer_16px(tmp_path_factory):
 def test_the_default_prior_follows_the_scan_size_and_a_forced_one_warns(fixer_16px):
     small = DiffNRConfig.default(ConeBeamGeometry.default(n_voxel=64, n_views=25))
     large = DiffNRConfig.default(ConeBeamGeometry.default(n_voxel=128, n_views=25))
-    assert small.prior == "slicefixer" and large.prior == "none"
+    assert small.prior == "diffusionblend" and large.prior == "none"
+    assert small.guard.blind_warm_start and small.blend_samples == 4
     assert "128 px" in large.rationale
     # no prior by default: nothing to guard, so no views held out (the NR alone on every view)
     large_geo = ConeBeamGeometry.default(n_voxel=128, n_views=25)
@@ -280,7 +281,8 @@ def test_without_a_prior_the_nr_volume_is_the_result(small_volume, tmp_path):
     "given, expected",
     [
         ([], (3.0, 5, 0.125)),
-        (["--nr", "hashgrid"], (1.0, 0, 1.0)),
+        (["--nr", "hashgrid"], (1.0, 0, 0.125)),
+        (["--nr", "hashgrid", "--prior", "slicefixer"], (1.0, 0, 1.0)),
         (["--nr", "hashgrid", "--prior", "diffusionblend"], (1.0, 0, 0.125)),
         (["--weight", "0.5", "--fixer-cg", "2", "--every", "0.25"], (0.5, 2, 0.25)),
         (["--nr", "hashgrid", "--weight", "2", "--every", "0.5"], (2.0, 0, 0.5)),

@@ -141,7 +141,7 @@ def test_a_blind_warm_start_leaves_the_validation_views_out():
     fitted = [v for v in range(geo.n_views) if v not in (1, 5)]
     assert torch.equal(blind, classical_start(projections[fitted], geo.subset(fitted), "sart"))
     assert not torch.equal(seen, blind)
-    config = DiffNRConfig(prior="none", guard=GuardConfig(blind_warm_start=True))
+    config = DiffNRConfig(prior="none")  # blind by default
     assert not config.recon_config(geo).warm_start.sees_validation_views
-    default = dataclasses.replace(config, guard=GuardConfig())
-    assert default.recon_config(geo).warm_start.sees_validation_views
+    seeing = dataclasses.replace(config, guard=GuardConfig(blind_warm_start=False))
+    assert seeing.recon_config(geo).warm_start.sees_validation_views
