@@ -75,3 +75,12 @@ def test_rows_of_the_two_warm_start_protocols_are_kept_apart(tmp_path, monkeypat
     jobs = list(heldout._jobs(quick=True, guard="blind"))
     assert {job["guard"] for job in jobs if job["method"] == "diffnr"} == {"blind"}
     assert all("guard" not in job for job in jobs if job["method"] != "diffnr")
+
+
+def test_a_call_keeps_the_ratio_the_guard_decided_on_and_the_true_change():
+    call = {"iteration": 250, "guard": {"action": "reject", "residual_reference": 0.03,
+                                        "residual_current": 0.02},
+            "reference_quality": {"psnr": 30.5}, "current_quality": {"psnr": 30.0}}
+    record = heldout._call_record(call)
+    assert record["action"] == "reject" and record["iteration"] == 250
+    assert abs(record["residual_ratio"] - 1.5) < 1e-12 and record["true_change_db"] == 0.5

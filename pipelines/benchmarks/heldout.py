@@ -6,8 +6,9 @@ the curated training data (min-max normalised, resampled to size^3 in a 256 mm b
 with TIGRE's noise. For each volume, size (64, 128) and view count (10, 25): FDK, ASD-POCS,
 the NR alone and DiffNR with each prior, for both representations, every NR run under the
 guard's validation protocol (`nr.guard`; DiffNR with every reference rejected is the NR alone).
-Each DiffNR row also records, per prior call, the guard's decision and the pseudo-reference's
-true change in PSNR against the volume it was made from.
+Each DiffNR row also records, per prior call, the guard's decision, the held-out residual ratio
+it decided on and the pseudo-reference's true change in PSNR against the volume it was made
+from.
 
 Hours on 2 cores: each finished row is appended at once to ``ROWS`` (committed with the
 repository) and a new run skips the rows already there, so the benchmark resumes where it
@@ -189,15 +190,20 @@ def _neural(job: dict[str, Any], scan_file: Path) -> dict[str, Any]:
         "seconds": metrics["timings_seconds"][name],
         **stamp,
     }
-    row["calls"] = [
-        {
-            "iteration": call["iteration"],
-            "action": call["guard"]["action"],
-            "true_change_db": call["reference_quality"]["psnr"] - call["current_quality"]["psnr"],
-        }
-        for call in metrics.get("prior_calls", [])
-    ]
+    row["calls"] = [_call_record(call) for call in metrics.get("prior_calls", [])]
     return row
+
+
+def _call_record(call: dict[str, Any]) -> dict[str, Any]:
+    """One prior call of a run's metrics as a row keeps it: the guard's decision, the held-out
+    residual ratio it decided on (reference over current volume) and the true change."""
+    guard = call["guard"]
+    return {
+        "iteration": call["iteration"],
+        "action": guard["action"],
+        "residual_ratio": guard["residual_reference"] / guard["residual_current"],
+        "true_change_db": call["reference_quality"]["psnr"] - call["current_quality"]["psnr"],
+    }
 
 
 def _read_rows() -> dict[str, dict[str, Any]]:
