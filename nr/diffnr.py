@@ -51,6 +51,9 @@ AXES = tuple(SLICE_AXES)
 # "Defaults"; held-out figures in docs/BENCHMARKS.md, "DiffNR on held-out volumes").
 DEFAULT_PRIOR = "diffusionblend"
 SHIPPED_RESOLUTION = 64
+# Fewer views: no prior by default (on a held-out 10-view scan the guard's held-out views cost
+# the NR more than the prior gained back; docs/diffnr.md, "Defaults").
+MIN_PRIOR_VIEWS = 25
 
 
 @dataclass(frozen=True)
@@ -150,12 +153,20 @@ class DiffNRConfig:
                 f"slices of {side} px exceed the shipped priors' {SHIPPED_RESOLUTION} px: no "
                 "prior, so no views held out for a guard (the NR fits every view)"
             )
+        elif geo.n_views < MIN_PRIOR_VIEWS:
+            prior, guard = "none", None
+            why = (
+                f"{geo.n_views} views < {MIN_PRIOR_VIEWS}: at 10 views the guard's held-out "
+                "views cost the NR more than the prior gained on a held-out scan, so no prior "
+                "and no views held out (the NR fits every view)"
+            )
         else:
             prior = DEFAULT_PRIOR
             why = (
-                f"slices of {side} px <= the shipped priors' {SHIPPED_RESOLUTION} px; on the "
-                "held-out benchmark DiffusionBlend did best and never fell below the NR fitted "
-                "to every view (the SliceFixer's references mostly harmed)"
+                f"slices of {side} px <= the shipped priors' {SHIPPED_RESOLUTION} px and "
+                f"{geo.n_views} views; on the held-out benchmark at 25 views DiffusionBlend "
+                "ended above the NR fitted to every view (the SliceFixer's references mostly "
+                "harmed)"
             )
         gaussians = nr == "gaussians"
         return cls(

@@ -236,6 +236,8 @@ def test_the_default_prior_follows_the_scan_size_and_a_forced_one_warns(fixer_16
     large = DiffNRConfig.default(ConeBeamGeometry.default(n_voxel=128, n_views=25))
     assert small.prior == "diffusionblend" and large.prior == "none"
     assert small.guard.blind_warm_start and small.blend_samples == 4
+    sparse = DiffNRConfig.default(ConeBeamGeometry.default(n_voxel=64, n_views=10))
+    assert sparse.prior == "none" and sparse.guard is None and "10 views" in sparse.rationale
     assert "128 px" in large.rationale
     # no prior by default: nothing to guard, so no views held out (the NR alone on every view)
     large_geo = ConeBeamGeometry.default(n_voxel=128, n_views=25)
