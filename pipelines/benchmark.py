@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
         "--guard",
         choices=("seeing", "blind"),
         help="heldout: the DiffNR rows' warm start sees the guard's views or is blind to them "
-        "(default: DiffNRConfig.default's)",
+        "(default: GuardConfig's)",
     )
     args = parser.parse_args(argv)
     for topic in args.topics:

@@ -84,3 +84,12 @@ def test_a_call_keeps_the_ratio_the_guard_decided_on_and_the_true_change():
     record = heldout._call_record(call)
     assert record["action"] == "reject" and record["iteration"] == 250
     assert abs(record["residual_ratio"] - 1.5) < 1e-12 and record["true_change_db"] == 0.5
+
+
+def test_run_measures_with_the_default_protocol_unless_told(tmp_path, monkeypatch):
+    asked = []
+    monkeypatch.setattr(heldout, "ROWS", tmp_path / "rows.jsonl")
+    monkeypatch.setattr(heldout, "_jobs", lambda quick, guard: asked.append(guard) or iter(()))
+    heldout.run(quick=True)
+    heldout.run(quick=True, guard="seeing")
+    assert asked == ["blind", "seeing"]

@@ -19,7 +19,7 @@ claims a job before it starts it (``WORK/claims``). ``--quick`` runs the Gaussia
 the first three volumes. A row "NR, all views" fits the NR to every view from the start: the
 cost of the protocol.
 ``--guard seeing|blind`` measures the DiffNR rows with that warm-start protocol
-(`nr.guard.GuardConfig.blind_warm_start`; default: the one of `DiffNRConfig.default`); the
+(`nr.guard.GuardConfig.blind_warm_start`; default: `GuardConfig`'s); the
 rows of both protocols are kept apart and tabled side by side.
 """
 
@@ -41,6 +41,7 @@ from data_curation.manifest import file_sha256
 from data_curation.splits import load_splits
 from nr.assets import asset_path
 from nr.diffnr import DiffNRConfig, run_diffnr
+from nr.guard import GuardConfig
 from nr.io import Scan, read_scan, write_scan
 from nr.metrics import truth_scores
 from nr.ops.fdk import fdk
@@ -83,8 +84,8 @@ def _scan(name: str, size: int, views: int) -> Path:
     return path
 
 
-def _guard_name(config: DiffNRConfig) -> str:
-    return GUARDS[config.guard.blind_warm_start]
+def _guard_name(guard: GuardConfig) -> str:
+    return GUARDS[guard.blind_warm_start]
 
 
 def _jobs(quick: bool, guard: str) -> Iterator[dict[str, Any]]:
@@ -236,7 +237,7 @@ def run(quick: bool = False, guard: str | None = None) -> str:
     """Measure the missing rows (DiffNR with the warm-start protocol `guard`, "seeing" or
     "blind"; None: the default's) and return the table of every current row."""
     if guard is None:
-        guard = _guard_name(DiffNRConfig.default(geometry(SIZES[0], VIEWS[0])))
+        guard = _guard_name(GuardConfig())
     for job in _jobs(quick, guard):
         if _key(job) in _read_rows() or not _claim(job):
             continue
@@ -309,7 +310,7 @@ def table(rows: list[dict[str, Any]]) -> str:
         # without a guard (no prior) the default run is the NR fitted to every view
         row = full if config.guard is None else by_key.get(_key({
             **base, "method": "diffnr", "nr": NRS[0], "prior": config.prior,
-            "guard": _guard_name(config)}))  # fmt: skip
+            "guard": _guard_name(config.guard)}))  # fmt: skip
         if row is not None and full is not None:
             defaults.append((row["psnr"] - full["psnr"], f"{volume} {size}^3 {views} views"))
     if defaults:
